@@ -1,0 +1,29 @@
+"""Typed errors. Each carries one line that names the file:line, layer or peer at fault."""
+
+
+class GeepsError(Exception):
+    """Base of every error the CLI reports as one line and a non-zero exit."""
+
+
+class PrototxtError(GeepsError):
+    """A text-format file that does not parse: `FILE:LINE:COL: message`."""
+
+
+class NetError(GeepsError):
+    """A net that cannot be built: unknown bottom, duplicate top, bad shapes, ..."""
+
+
+class LayerError(NetError):
+    """A layer whose parameters or blob shapes are invalid; the message names the layer."""
+
+
+class SolverError(GeepsError):
+    """A solver file with bad or unsupported fields."""
+
+
+class DataError(GeepsError):
+    """A data source that is missing, corrupt or of the wrong shape."""
+
+
+class SnapshotError(GeepsError):
+    """A .caffemodel / .solverstate that is truncated, foreign or does not fit the net."""
