@@ -1,0 +1,234 @@
+"""Net: the ordered layers and blobs of one NetParameter; forward/backward one layer at a time.
+
+The Net knows nothing of the parameter server. It runs either *resident* (every blob bound to its own array:
+inference, tests, the no-PS baseline) or *bound from outside* (the worker hands each layer PS buffers before
+`forward_layer(i)` / `backward_layer(i)`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy
+
+from geeps_net.blob import Blob
+from geeps_net.errors import GeepsError, NetError
+from geeps_net.graph import filter_net, insert_splits
+from geeps_net.layer import TRAIN
+from geeps_net.net_build import build_layers
+from geeps_net.prototxt import NetSource, parse_net, read_net
+from geeps_net.proto import caffe_pb2
+
+log = logging.getLogger(__name__)
+
+PHASES = {"TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST}
+
+
+@dataclass
+class Learnable:
+    """A learnable blob owned by a layer, with its solver multipliers (Caffe's learnable_params)."""
+
+    blob: Blob
+    layer_index: int
+    param_index: int
+    lr_mult: float = 1.0
+    decay_mult: float = 1.0
+    blob_init: numpy.ndarray | None = None  # filler values, drawn at build time
+
+    @property
+    def name(self) -> str:
+        return self.blob.name
+
+
+class Net:
+    """Caffe's Net: layers in execution order, blobs by name, losses, and which layers need backward."""
+
+    def __init__(
+        self,
+        model,
+        phase=TRAIN,
+        weights=None,
+        *,
+        level: int = 0,
+        stages=(),
+        seed: int | None = 0,
+        xp=numpy,
+        resident: bool = True,
+        data_shard=(0, 1),
+    ) -> None:
+        """Build from a prototxt path, prototxt text, NetSource or NetParameter.
+
+        `phase` is TRAIN/TEST (or the strings); `seed` seeds fillers and stochastic layers (None = random);
+        `resident=False` leaves every blob unbound, for the parameter server to bind.
+        """
+        self.xp = xp
+        self.source = _as_source(model)
+        self.phase = PHASES[phase] if isinstance(phase, str) else phase
+        state = caffe_pb2.NetState(phase=self.phase, level=level, stage=list(stages))
+        filtered, kept = filter_net(self.source.param, state)
+        self.param, split_origins = insert_splits(filtered)
+        self.origins = [kept[i] for i in split_origins]  # index of each layer in the source file
+        self.name = self.param.name
+        self.seed = seed
+        seeds = numpy.random.SeedSequence(seed)
+        self._fill_rng, layer_seeds = numpy.random.default_rng(seeds), seeds.spawn(len(self.param.layer))
+        try:
+            build_layers(self, layer_seeds, data_shard)
+        except GeepsError as e:
+            self.close()
+            raise _located(e, self) from None
+        self.resident = False
+        if resident:
+            self.bind_resident()
+        if weights:
+            from geeps_net.snapshot import read_net_weights
+
+            self.copy_from(read_net_weights(weights), str(weights))
+
+    # -- introspection (pycaffe names) ----------------------------------------------------------
+
+    @property
+    def params(self) -> dict[str, list[Blob]]:
+        """Layer name -> its learnable blobs (shared blobs appear under every layer that uses them)."""
+        return {layer.name: layer.blobs for layer in self.layers if layer.blobs}
+
+    @property
+    def inputs(self) -> list[str]:
+        """Tops of Input layers: what `forward(**inputs)` accepts."""
+        return [t.name for layer, tops in zip(self.layers, self.tops) if layer.type == "Input" for t in tops]
+
+    def where(self, index: int) -> str:
+        """FILE:LINE of layer `index` in the source prototxt."""
+        return self.source.where(self.origins[index])
+
+    # -- binding --------------------------------------------------------------------------------
+
+    def all_blobs(self) -> list[Blob]:
+        """Every distinct blob: activations, internals, learnable (owned) blobs."""
+        seen, out = set(), []
+        for blob in [*self.blobs.values(), *self.internal_blobs(), *(p.blob for p in self.learnable)]:
+            if id(blob) not in seen:
+                seen.add(id(blob))
+                out.append(blob)
+        return out
+
+    def internal_blobs(self) -> list[Blob]:
+        return [b for layer in self.layers for b in layer.internals.values()]
+
+    def initial_params(self) -> list[numpy.ndarray]:
+        """Filler values of each learnable blob, in `learnable` order (deterministic for a seed)."""
+        return [p.blob_init for p in self.learnable]
+
+    def bind_resident(self) -> None:
+        """Give every blob its own zeroed `xp` arrays and learnable blobs their filler values."""
+        xp = self.xp
+        for blob in self.all_blobs():
+            blob.bind(xp.zeros(blob.shape, blob.dtype), xp.zeros(blob.shape, blob.dtype))
+        for p in self.learnable:
+            p.blob.data[...] = xp.asarray(p.blob_init)
+        self.resident = True
+
+    # -- running --------------------------------------------------------------------------------
+
+    def forward_layer(self, i: int) -> float:
+        """Run layer i's forward on bound blobs; its weighted loss contribution."""
+        layer, bottoms, tops = self.layers[i], self.bottoms[i], self.tops[i]
+        if layer.reshape_reads_data:
+            self._reshape_from(i)
+        layer.forward(self.xp, bottoms, tops)
+        loss = 0.0
+        for top, weight in zip(tops, self.loss_weights[i]):
+            if weight:
+                loss += weight * float(top.data.sum())
+        return loss
+
+    def backward_layer(self, i: int) -> None:
+        """Set loss-weighted top diffs, then run layer i's backward on bound blobs."""
+        layer, tops = self.layers[i], self.tops[i]
+        for top, weight in zip(tops, self.loss_weights[i]):
+            if weight:
+                top.diff[...] = weight
+        layer.backward(self.xp, tops, self.bottom_need_backward[i], self.bottoms[i])
+
+    def forward(self, start: int = 0, end: int | None = None, **inputs) -> dict:
+        """Resident forward from layer `start` to `end`; feeds `inputs` by blob name; returns outputs."""
+        self._require_resident()
+        for name, value in inputs.items():
+            self.blobs[name].data[...] = self.xp.asarray(value)
+        end = len(self.layers) - 1 if end is None else end
+        self.loss = sum(self.forward_layer(i) for i in range(start, end + 1))
+        return {name: self.blobs[name].data for name in self.outputs}
+
+    def backward(self) -> dict:
+        """Resident backward through every layer that needs it; returns the input blobs' diffs."""
+        self._require_resident()
+        for i in reversed(range(len(self.layers))):
+            if self.layer_need_backward[i]:
+                self.backward_layer(i)
+        return {name: self.blobs[name].diff for name in self.inputs}
+
+    def forward_backward(self) -> float:
+        self.forward()
+        self.backward()
+        return self.loss
+
+    def clear_param_diffs(self) -> None:
+        for p in self.learnable:
+            p.blob.diff[...] = 0
+
+    def copy_from(self, weights: dict, source: str) -> None:
+        """Caffe's CopyTrainedLayersFrom on a resident net: by layer name, shapes must match."""
+        from geeps_net.snapshot import match_weights
+
+        self._require_resident()
+        wanted = {layer.name: [b.shape for b in layer.blobs] for layer in self.layers if layer.blobs}
+        for name, arrays in match_weights(weights, wanted, source).items():
+            for blob, value in zip(self.params[name], arrays):
+                blob.data[...] = self.xp.asarray(value, dtype=blob.dtype).reshape(blob.shape)
+
+    def close(self) -> None:
+        """Stop what layers hold outside blobs (data prefetch threads)."""
+        for layer in getattr(self, "layers", []):
+            layer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _require_resident(self) -> None:
+        if not self.resident:
+            raise NetError(f'net "{self.name}": blobs are bound by the parameter server, not resident')
+
+    def _reshape_from(self, start: int) -> None:
+        """Re-run reshape from layer `start` on (data-dependent shapes) and rebind what changed."""
+        for i in range(start, len(self.layers)):
+            before = [(b, b.shape) for b in self.tops[i]]
+            self.layers[i].reshape(self.bottoms[i], self.tops[i])
+            for blob, shape in before:
+                if self.resident and (blob.data is None or blob.shape != shape):
+                    blob.bind(self.xp.zeros(blob.shape, blob.dtype), self.xp.zeros(blob.shape, blob.dtype))
+
+
+def _as_source(model) -> NetSource:
+    if isinstance(model, NetSource):
+        return model
+    if isinstance(model, caffe_pb2.NetParameter):
+        from geeps_net.prototxt import upgrade_net
+
+        return NetSource(upgrade_net(model), "<NetParameter>", [])
+    text = str(model)
+    if "{" in text or "\n" in text:
+        return parse_net(text)
+    return read_net(model)
+
+
+def _located(error: GeepsError, net: Net) -> GeepsError:
+    """Prefix an error naming a layer with that layer's FILE:LINE."""
+    message = str(error)
+    index = getattr(error, "layer_index", None)
+    if index is not None and not message.startswith(net.source.path):
+        message = f"{net.where(index)}: {message}"
+    return type(error)(message)
