@@ -62,6 +62,7 @@ class Layer:
     has_backward = True
     is_loss = False  # loss layers weigh top 0 by 1 unless loss_weight says otherwise
     no_gradient_bottoms: tuple[int, ...] = ()  # bottoms that never take a gradient (labels, indices)
+    reshape_reads_data = False  # True when top shapes depend on bottom values (Filter): no fixed plan
 
     def __init__(self, layer_param, phase: int = TRAIN) -> None:
         self.layer_param, self.phase, self.name = layer_param, phase, layer_param.name
@@ -70,6 +71,7 @@ class Layer:
         self.internals: dict[str, Blob] = {}  # forward-to-backward state; add_internal in reshape
         self.dtype = numpy.dtype("float32")  # compute dtype; float64 in gradient checks
         self.rng = numpy.random.default_rng(0)  # the Net hands each layer its own seeded generator
+        self.shard = (0, 1)  # (worker k, of N workers): data layers read every N-th record from k
 
     def __repr__(self) -> str:
         return f'<{type(self).__name__} "{self.name}">'
@@ -95,6 +97,9 @@ class Layer:
         """Write the bottoms' diff where propagate_down asks, and accumulate into param diffs."""
         if self.has_backward and any(propagate_down):
             raise NotImplementedError(f"{self.type} backward")
+
+    def close(self) -> None:
+        """Release what the layer holds outside blobs (prefetch threads, open databases)."""
 
     # -- helpers for subclasses -----------------------------------------------------------------
 
