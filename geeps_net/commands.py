@@ -1,0 +1,276 @@
+"""The verbs of `geeps-net`, one plain function each (Caffe's tools/caffe.cpp shape)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+
+import numpy
+
+from geeps_net.backend import array_module, gpu_available
+from geeps_net.cli import command, flag
+from geeps_net.errors import GeepsError
+
+log = logging.getLogger("geeps_net.cli")
+
+
+def _gpu(args):
+    """-gpu 0 -> device 0; absent -> CPU. Caffe's "all" takes device 0 here (one device per worker)."""
+    if args.gpu in (None, ""):
+        return None
+    return 0 if args.gpu == "all" else int(args.gpu.split(",")[0])
+
+
+def _ps_flags(p) -> None:
+    flag(p, "ps_config", default="", help="PS configuration file (geeps.PsConfig text)")
+    flag(p, "no_ps", action="store_true", help="run without the parameter server (baseline)")
+    from geeps_net.ps.config import add_config_flags
+
+    add_config_flags(p)
+
+
+def _ps_config(args):
+    from geeps_net.ps.config import config_from_args
+
+    return config_from_args(args)
+
+
+# -- train ----------------------------------------------------------------------------------------
+
+
+def _train_flags(p) -> None:
+    flag(p, "solver", required=True, help="solver prototxt")
+    flag(p, "weights", default="", help="comma-separated .caffemodel files to start from")
+    flag(p, "snapshot", default="", help=".solverstate to resume from")
+    flag(p, "gpu", default=None, help="GPU id (absent: CPU)")
+    flag(p, "sigint_effect", default="stop", choices=["stop", "snapshot", "none"])
+    flag(p, "sighup_effect", default="snapshot", choices=["stop", "snapshot", "none"])
+    flag(p, "workers", type=int, default=1, help="local worker processes (each also a server shard)")
+    flag(p, "machinefile", default="", help="one host per line: a multi-machine job")
+    flag(p, "worker_id", type=int, default=None, help="this process's worker id (with -machinefile)")
+    _ps_flags(p)
+
+
+def train(args) -> int:
+    """Train a net from a solver file, through the parameter server unless -no_ps."""
+    from geeps_net.solver import load_solver
+
+    if args.weights and args.snapshot:
+        raise GeepsError("give -weights or -snapshot, not both")
+    xp = array_module(_gpu(args))
+    factory = None
+    if not args.no_ps:
+        from geeps_net.worker import ps_trainer_factory
+
+        factory = ps_trainer_factory(_ps_config(args), xp=xp)
+    solver = load_solver(args.solver, xp=xp, trainer_factory=factory)
+    try:
+        _install_signals(solver, args)
+        if args.weights:
+            for path in args.weights.split(","):
+                solver.load_weights(path)
+        solver.solve(resume_file=args.snapshot or None)
+    finally:
+        solver.close()
+    return 0
+
+
+train.add_flags = _train_flags
+command("train", "train or fine-tune a model")(train)
+
+
+def _install_signals(solver, args) -> None:
+    """SIGINT/SIGHUP/SIGTERM ask the loop to stop or snapshot at the end of the iteration."""
+
+    def handler_for(effect):
+        def handle(signum, frame):
+            if effect != "none":
+                log.info("Received signal %d: %s requested", signum, effect)
+                solver.requested_action = effect
+
+        return handle
+
+    signal.signal(signal.SIGINT, handler_for(args.sigint_effect))
+    signal.signal(signal.SIGTERM, handler_for("stop"))
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, handler_for(args.sighup_effect))
+
+
+# -- test -----------------------------------------------------------------------------------------
+
+
+def _test_flags(p) -> None:
+    flag(p, "model", required=True, help="net prototxt")
+    flag(p, "weights", default="", help=".caffemodel with the trained weights")
+    flag(p, "iterations", type=int, default=50)
+    flag(p, "phase", default="TEST", choices=["TRAIN", "TEST"])
+    flag(p, "level", type=int, default=0)
+    flag(p, "stage", default="", help="comma-separated NetState stages")
+    flag(p, "gpu", default=None)
+
+
+def test(args) -> int:
+    """Score a model: `iterations` forward passes, per-batch and mean outputs (Caffe's `caffe test`)."""
+    from tqdm import tqdm
+
+    from geeps_net.net import Net
+    from geeps_net.solver import Solver  # noqa: F401  (keeps the import graph one-way)
+
+    xp = array_module(_gpu(args))
+    stages = [s for s in args.stage.split(",") if s]
+    with Net(args.model, args.phase, args.weights or None, level=args.level, stages=stages, xp=xp) as net:
+        totals, loss = {}, 0.0
+        for i in tqdm(range(args.iterations), desc="test", unit="batch", disable=None):
+            outputs = net.forward()
+            loss += net.loss
+            index = 0
+            for name, value in outputs.items():
+                values = numpy.ravel(numpy.asarray(value.get() if hasattr(value, "get") else value))
+                for v in values:
+                    log.info("Batch %d, %s = %g", i, name, v)
+                    index += 1
+                totals[name] = totals.get(name, 0.0) + values.astype(numpy.float64)
+        log.info("Loss: %g", loss / args.iterations)
+        weights = {t.name: w for tops, ws in zip(net.tops, net.loss_weights) for t, w in zip(tops, ws)}
+        for name, total in totals.items():
+            for v in total / args.iterations:
+                w = weights.get(name, 0.0)
+                suffix = f" (* {w:g} = {w * v:g} loss)" if w else ""
+                log.info("%s = %g%s", name, v, suffix)
+    return 0
+
+
+test.add_flags = _test_flags
+command("test", "score a model")(test)
+
+
+# -- time -----------------------------------------------------------------------------------------
+
+
+def _time_flags(p) -> None:
+    flag(p, "model", required=True, help="net prototxt")
+    flag(p, "iterations", type=int, default=50)
+    flag(p, "phase", default="TRAIN", choices=["TRAIN", "TEST"])
+    flag(p, "gpu", default=None)
+
+
+def time_net(args) -> int:
+    """Per-layer forward/backward milliseconds averaged over `iterations` (Caffe's `caffe time`)."""
+    from geeps_net.net import Net
+
+    xp = array_module(_gpu(args))
+    with Net(args.model, args.phase, xp=xp) as net:
+        n = len(net.layers)
+        forward_ms, backward_ms = numpy.zeros(n), numpy.zeros(n)
+        log.info("Performing Forward")
+        net.forward()
+        log.info("Initial loss: %g", net.loss)
+        log.info("Performing Backward")
+        net.backward()
+        total = time.perf_counter()
+        for _ in range(args.iterations):
+            for i in range(n):
+                t = time.perf_counter()
+                net.forward_layer(i)
+                _sync(xp)
+                forward_ms[i] += (time.perf_counter() - t) * 1e3
+            for i in reversed(range(n)):
+                if net.layer_need_backward[i]:
+                    t = time.perf_counter()
+                    net.backward_layer(i)
+                    _sync(xp)
+                    backward_ms[i] += (time.perf_counter() - t) * 1e3
+        total = (time.perf_counter() - total) * 1e3
+        log.info("*** Benchmark begins ***")
+        log.info("Average time per layer: ")
+        for i, layer in enumerate(net.layers):
+            log.info("%16s\tforward: %g ms.", layer.name, forward_ms[i] / args.iterations)
+            log.info("%16s\tbackward: %g ms.", layer.name, backward_ms[i] / args.iterations)
+        log.info("Average Forward pass: %g ms.", forward_ms.sum() / args.iterations)
+        log.info("Average Backward pass: %g ms.", backward_ms.sum() / args.iterations)
+        log.info("Average Forward-Backward: %g ms.", total / args.iterations)
+        log.info("Total Time: %g ms.", total)
+        log.info("*** Benchmark ends ***")
+    return 0
+
+
+def _sync(xp) -> None:
+    if xp is not numpy:  # pragma: no cover - GPU only
+        xp.cuda.get_current_stream().synchronize()
+
+
+time_net.add_flags = _time_flags
+command("time", "benchmark model execution time")(time_net)
+
+
+# -- device_query ---------------------------------------------------------------------------------
+
+
+def _device_flags(p) -> None:
+    flag(p, "gpu", default="0")
+
+
+def device_query(args) -> int:
+    """Print the GPU's properties (CuPy), or say that none is available."""
+    if not gpu_available():
+        log.info("No CUDA device: CuPy is %s", "missing" if not _has_cupy() else "installed")
+        return 1
+    import cupy
+
+    props = cupy.cuda.runtime.getDeviceProperties(_gpu(args) or 0)
+    for key in ("name", "totalGlobalMem", "multiProcessorCount", "clockRate", "major", "minor"):
+        value = props[key].decode() if isinstance(props[key], bytes) else props[key]
+        log.info("%s: %s", key, value)
+    return 0
+
+
+def _has_cupy() -> bool:
+    from geeps_net import backend
+
+    return backend.cupy is not None
+
+
+device_query.add_flags = _device_flags
+command("device_query", "show GPU diagnostic information")(device_query)
+
+
+# -- data tools -----------------------------------------------------------------------------------
+
+
+def _convert_flags(p) -> None:
+    p.add_argument("images", help="IDX image file (.gz or raw)")
+    p.add_argument("labels", help="IDX label file (.gz or raw)")
+    p.add_argument("output", help="LMDB to create")
+    flag(p, "backend", default="lmdb", choices=["lmdb"])
+    flag(p, "overwrite", action="store_true")
+
+
+def convert_mnist(args) -> int:
+    """MNIST / Fashion-MNIST IDX files -> LMDB of Datum (Caffe's convert_mnist_data)."""
+    from geeps_net.dataset import convert_mnist as convert
+
+    count = convert(args.images, args.labels, args.output, backend=args.backend, overwrite=args.overwrite)
+    log.info("Processed %d files.", count)
+    return 0
+
+
+convert_mnist.add_flags = _convert_flags
+command("convert_mnist", "convert MNIST-format IDX files to an LMDB")(convert_mnist)
+
+
+def _mean_flags(p) -> None:
+    p.add_argument("db", help="LMDB of Datum")
+    p.add_argument("output", help="mean .binaryproto to write")
+
+
+def compute_image_mean(args) -> int:
+    """Mean image of a Datum LMDB as a binaryproto (Caffe's compute_image_mean)."""
+    from geeps_net.dataset import compute_image_mean as compute
+
+    compute(args.db, args.output)
+    return 0
+
+
+compute_image_mean.add_flags = _mean_flags
+command("compute_image_mean", "compute the mean image of a data set")(compute_image_mean)

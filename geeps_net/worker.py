@@ -1,0 +1,268 @@
+"""Where the engine meets GeePS: a Net's iteration driven through a PS client (DESIGN §4).
+
+`PsTrainer` registers every trainable layer's params as PS tables and every blob, internal blob, frozen param
+and solver history as PS local data, records one iteration with compute off (the virtual iteration), then
+runs every real iteration through the same calls: read/post_read for params, pre_update/update for the
+solver's update (computed straight into the update buffer), local_access/post_local_access for the rest.
+This module is the only one in the engine that imports `geeps_net.ps`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy
+
+from geeps_net.backend import to_host
+from geeps_net.errors import NetError
+from geeps_net.ps.client import Client
+from geeps_net.ps.config import Config
+from geeps_net.ps.server import LocalShards
+from geeps_net.schedule import build_schedule
+from geeps_net.solvers import clip_gradients, normalize
+
+log = logging.getLogger(__name__)
+
+
+class PsTrainer:
+    """One training iteration through the parameter server; numbers identical to ResidentTrainer."""
+
+    resident = False  # the Solver builds the train net with unbound blobs for us
+
+    def __init__(self, net, rule, param, client: Client) -> None:
+        if any(layer.reshape_reads_data for layer in net.layers):
+            raise NetError(f'net "{net.name}": a layer with data-dependent shapes cannot run on the PS')
+        self.net, self.rule, self.param, self.client = net, rule, param, client
+        self.xp = net.xp
+        self.iter_size = max(param.iter_size, 1)
+        self.deferred = self.iter_size > 1 or param.clip_gradients >= 0
+        self.schedule = build_schedule(net, client.config.layers_per_table)
+        self._register()
+        with client.virtual_iteration():
+            self._iterate(0, 0.0, compute=False)
+        client.start_iterations()
+        self._outputs: dict = {}
+
+    # -- registration ---------------------------------------------------------------------------
+
+    def _register(self) -> None:
+        c, s, net = self.client, self.schedule, self.net
+        self.table_ids = [c.create_table(t.name, t.size) for t in s.tables]
+        self.local_ids = {
+            key: c.create_local(".".join(key), blob.count, kind, dtype=blob.dtype)
+            for key, (blob, kind) in s.locals.items()
+        }
+        # Solver history (and, when updates are deferred, gradient accumulators) per trainable param.
+        self.history_ids = {}
+        for t, table in enumerate(s.tables):
+            for k in range(self.rule.num_history):
+                self.history_ids[t, k] = c.create_local(f"{table.name}.history{k}", table.size, "history")
+            if self.deferred:
+                self.history_ids[t, "grad"] = c.create_local(f"{table.name}.grad", table.size, "diff")
+        if c.worker_id == 0:
+            for t, table in enumerate(s.tables):
+                init = numpy.concatenate([p.blob_init.ravel() for p in table.params])
+                c.write_initial(self.table_ids[t], init.astype(numpy.float32))
+        for key, lid in self.history_ids.items():
+            c.write_local(lid, numpy.zeros(s.tables[key[0]].size, numpy.float32))
+        for key, (blob, kind) in s.locals.items():
+            if kind in ("diff", "internal") or kind == "frozen":
+                value = self._frozen_init(blob) if kind == "frozen" else numpy.zeros(blob.count)
+                c.write_local(self.local_ids[key], value.astype(blob.dtype).ravel())
+
+    def _frozen_init(self, blob):
+        return next(p.blob_init for p in self.net.learnable if p.blob is blob)
+
+    # -- one iteration --------------------------------------------------------------------------
+
+    def step(self, it: int, rate: float) -> float:
+        """Forward/backward iter_size times, update every table, clock; the mean loss."""
+        return self._iterate(it, rate, compute=True)
+
+    def _iterate(self, it: int, rate: float, compute: bool) -> float:
+        loss = 0.0
+        for _ in range(self.iter_size):
+            loss += self._forward(compute)
+            self._backward(it, rate, compute)
+        if self.deferred:
+            self._deferred_updates(it, rate, compute)
+        for t in self.schedule.idle_updates if not self.deferred else []:
+            self._update_table(t, it, rate, compute, grad=None)
+        self.client.clock()
+        return loss / self.iter_size
+
+    def _forward(self, compute: bool) -> float:
+        net, loss = self.net, 0.0
+        outputs = set(net.outputs)
+        for step in self.schedule.forward:
+            self._acquire(step, compute, with_diffs=False)
+            if compute:
+                loss += net.forward_layer(step.layer)
+                for top in net.tops[step.layer]:
+                    if top.name in outputs:
+                        self._outputs[top.name] = to_host(top.data).copy()
+            self._release(step)
+        return loss
+
+    def _backward(self, it: int, rate: float, compute: bool) -> None:
+        net, c = self.net, self.client
+        for step in self.schedule.backward:
+            for t in step.pre_updates:
+                buf = c.pre_update(self.table_ids[t]) if not self.deferred else None
+                self._bind_table(t, diff=buf)
+                if self.deferred:
+                    grad = c.local_access(self.history_ids[t, "grad"], fetch=True)
+                    self._bind_table(t, diff=grad)
+            self._acquire(step, compute, with_diffs=True)
+            if compute:
+                net.backward_layer(step.layer)
+            for t in step.updates:
+                if self.deferred:
+                    c.post_local_access(self.history_ids[t, "grad"], keep=True)
+                else:
+                    self._apply_rule(t, it, rate, compute)
+                    c.update(self.table_ids[t])
+            self._release(step)
+
+    def _deferred_updates(self, it: int, rate: float, compute: bool) -> None:
+        """iter_size > 1 or clipping: updates wait for every gradient (Caffe's ApplyUpdate order)."""
+        c, s = self.client, self.schedule
+        if self.param.clip_gradients >= 0:
+            grads = [c.local_access(self.history_ids[t, "grad"], fetch=True) for t in range(len(s.tables))]
+            if compute:
+                clip_gradients(self.xp, self._param_views(grads), self.param.clip_gradients)
+            for t in range(len(s.tables)):
+                c.post_local_access(self.history_ids[t, "grad"], keep=True)
+        for t in range(len(s.tables)):
+            grad = c.local_access(self.history_ids[t, "grad"], fetch=True)
+            self._update_table(t, it, rate, compute, grad)
+            if compute:
+                grad[...] = 0  # the next iteration accumulates from zero
+            c.post_local_access(self.history_ids[t, "grad"], keep=True)
+
+    def _update_table(self, t: int, it: int, rate: float, compute: bool, grad) -> None:
+        """pre_update + read + rule + update for table t (gradient `grad`, or zero when None)."""
+        c = self.client
+        buf = c.pre_update(self.table_ids[t])
+        if compute and grad is not None:
+            buf[...] = grad
+        self._bind_table(t, diff=buf)
+        self._bind_table(t, data=c.read(self.table_ids[t]))
+        self._apply_rule(t, it, rate, compute)
+        c.update(self.table_ids[t])
+        c.post_read(self.table_ids[t])
+
+    def _apply_rule(self, t: int, it: int, rate: float, compute: bool) -> None:
+        """Normalize/regularize/update each param of table t in its update buffer, then negate it:
+        the PS adds the buffer to the params, and w + (-d) == w - d exactly."""
+        c, table = self.client, self.schedule.tables[t]
+        history = [c.local_access(self.history_ids[t, k], fetch=True) for k in range(self.rule.num_history)]
+        if compute:
+            for p, offset in zip(table.params, table.offsets):
+                blob, sl = p.blob, slice(offset, offset + p.blob.count)
+                hist = [h[sl].reshape(blob.shape) for h in history]
+                normalize(self.xp, blob.diff, self.iter_size)
+                self.rule.update(self.xp, it, rate, p.lr_mult, p.decay_mult, blob.data, blob.diff, hist)
+                self.xp.negative(blob.diff, out=blob.diff)
+        for k in range(self.rule.num_history):
+            c.post_local_access(self.history_ids[t, k], keep=True)
+
+    # -- binding --------------------------------------------------------------------------------
+
+    def _acquire(self, step, compute: bool, with_diffs: bool) -> None:
+        c = self.client
+        for t in step.reads:
+            self._bind_table(t, data=c.read(self.table_ids[t]))
+        for key, fetch in step.acquire:
+            buf = c.local_access(self.local_ids[key], fetch=fetch)
+            blob = self.schedule.locals[key][0]
+            if compute:
+                view = buf.reshape(blob.shape)
+                if key[0] == "diff":
+                    blob.diff = view
+                else:
+                    blob.data = view
+        self._held_tables = step.reads
+
+    def _release(self, step) -> None:
+        c = self.client
+        for key, keep in step.release:
+            c.post_local_access(self.local_ids[key], keep=keep)
+        for t in step.reads:
+            c.post_read(self.table_ids[t])
+
+    def _bind_table(self, t: int, data=None, diff=None) -> None:
+        """Point table t's param blobs at slices of a PS buffer (data from read, diff from pre_update)."""
+        if data is None and diff is None:
+            return
+        for p, offset in zip(self.schedule.tables[t].params, self.schedule.tables[t].offsets):
+            sl = slice(offset, offset + p.blob.count)
+            if data is not None:
+                p.blob.data = data[sl].reshape(p.blob.shape)
+            if diff is not None:
+                p.blob.diff = diff[sl].reshape(p.blob.shape)
+
+    def _param_views(self, grads) -> list:
+        views = []
+        for t, table in enumerate(self.schedule.tables):
+            for p, offset in zip(table.params, table.offsets):
+                views.append(grads[t][offset : offset + p.blob.count])
+        return views
+
+    # -- what the solver asks for ---------------------------------------------------------------
+
+    def outputs(self) -> dict:
+        return dict(self._outputs)
+
+    def param_arrays(self) -> list[numpy.ndarray]:
+        """Current values of every learnable blob, in net.learnable order (foreground reads)."""
+        values = {}
+        for t, table in enumerate(self.schedule.tables):
+            flat = self.client.read_table_host(self.table_ids[t])
+            for p, offset in zip(table.params, table.offsets):
+                values[id(p.blob)] = flat[offset : offset + p.blob.count].reshape(p.blob.shape)
+        for key, (blob, kind) in self.schedule.locals.items():
+            if kind == "frozen":
+                values[id(blob)] = self.client.read_local_host(self.local_ids[key]).reshape(blob.shape)
+        return [values[id(p.blob)] for p in self.net.learnable]
+
+    def history_arrays(self) -> list[numpy.ndarray]:
+        """Caffe's order: history k of every learnable param, k = 0, 1; frozen params' history is 0."""
+        out = []
+        for k in range(self.rule.num_history):
+            for p in self.net.learnable:
+                t = self.schedule.table_of.get(id(p.blob))
+                if t is None:
+                    out.append(numpy.zeros(p.blob.shape, numpy.float32))
+                    continue
+                offset = self.schedule.tables[t].offsets[self.schedule.tables[t].params.index(p)]
+                flat = self.client.read_local_host(self.history_ids[t, k])
+                out.append(flat[offset : offset + p.blob.count].reshape(p.blob.shape))
+        return out
+
+    def load(self, params=None, history=None) -> None:
+        raise NotImplementedError("resume through the PS")
+
+    def stats(self) -> dict:
+        return self.client.stats()
+
+    def close(self) -> None:
+        self.client.close()
+        self.net.close()
+
+
+def ps_trainer_factory(config: Config, xp=numpy, worker_id: int = 0, num_workers: int = 1, shards=None):
+    """A trainer factory for `Solver`: PsTrainer over a client of `config` (in-process shard default)."""
+
+    def make(net, rule, param):
+        client = Client(
+            config,
+            shards=shards or LocalShards(config, num_workers=num_workers),
+            worker_id=worker_id,
+            num_workers=num_workers,
+            xp=xp,
+        )
+        return PsTrainer(net, rule, param, client)
+
+    make.resident = False
+    return make
