@@ -1,6 +1,7 @@
 """Blob: a named N-d shape with `data` and `diff` views onto buffers it does not own.
 
-Buffers are bound before a layer runs and unbound after, either by `Net` (resident arrays for tests and
+Buffers are bound before a layer runs and unbound after, either by `Net` (resident arrays for tests
+and
 inference) or by the parameter server (device buffers handed out one layer at a time).
 """
 
@@ -40,9 +41,12 @@ class Blob:
         return self.count * self.dtype.itemsize
 
     def canonical_axis(self, axis: int) -> int:
-        """Caffe's CanonicalAxisIndex: negative axes count from the end; out of range is an error."""
+        """Caffe's CanonicalAxisIndex: negative axes count from the end; out of range is an
+        error."""
         if not -self.num_axes <= axis < max(self.num_axes, 1):
-            raise ValueError(f"axis {axis} out of range for blob {self.name!r} of shape {self.shape}")
+            raise ValueError(
+                f"axis {axis} out of range for blob {self.name!r} of shape {self.shape}"
+            )
         return axis % self.num_axes if self.num_axes else 0
 
     def count_range(self, start: int, end: int | None = None) -> int:

@@ -1,6 +1,7 @@
 """The `geeps-net` command: Caffe's verbs (train, test, time, device_query) plus data tools.
 
-Flags take one dash or two (`-solver` or `--solver`), as Caffe's gflags do. Bad input ends in one line
+Flags take one dash or two (`-solver` or `--solver`), as Caffe's gflags do. Bad input ends in one
+line
 naming the file:line, layer or peer at fault and a non-zero exit; `-debug` shows the traceback.
 """
 
@@ -20,7 +21,8 @@ COMMANDS = {}
 
 
 def command(name: str, help: str):
-    """Register a `geeps-net <name>` verb: the function takes parsed args and returns an exit code."""
+    """Register a `geeps-net <name>` verb: the function takes parsed args and returns an exit
+    code."""
 
     def decorate(fn):
         COMMANDS[name] = (fn, help)
@@ -30,10 +32,13 @@ def command(name: str, help: str):
 
 
 class GlogFormatter(logging.Formatter):
-    """glog's line shape, so Caffe's log parsers read our logs: I1125 12:34:56.789012  1234 file.py:12] msg."""
+    """glog's line shape, so Caffe's log parsers read our logs: I1125 12:34:56.789012  1234
+    file.py:12] msg."""
 
     def __init__(self, prefix: str = "") -> None:
-        super().__init__(f"%(levelname).1s%(asctime)s %(process)5d %(filename)s:%(lineno)d] {prefix}%(message)s")
+        super().__init__(
+            f"%(levelname).1s%(asctime)s %(process)5d %(filename)s:%(lineno)d] {prefix}%(message)s"
+        )
 
     def formatTime(self, record, datefmt=None) -> str:  # noqa: N802 (logging's name)
         return datetime.fromtimestamp(record.created).strftime("%m%d %H:%M:%S.%f")

@@ -16,7 +16,8 @@ log = logging.getLogger("geeps_net.cli")
 
 
 def _gpu(args):
-    """-gpu 0 -> device 0; absent -> CPU. Caffe's "all" takes device 0 here (one device per worker)."""
+    """-gpu 0 -> device 0; absent -> CPU. Caffe's "all" takes device 0 here (one device per
+    worker)."""
     if args.gpu in (None, ""):
         return None
     return 0 if args.gpu == "all" else int(args.gpu.split(",")[0])
@@ -46,9 +47,13 @@ def _train_flags(p) -> None:
     flag(p, "gpu", default=None, help="GPU id (absent: CPU)")
     flag(p, "sigint_effect", default="stop", choices=["stop", "snapshot", "none"])
     flag(p, "sighup_effect", default="snapshot", choices=["stop", "snapshot", "none"])
-    flag(p, "workers", type=int, default=1, help="local worker processes (each also a server shard)")
+    flag(
+        p, "workers", type=int, default=1, help="local worker processes (each also a server shard)"
+    )
     flag(p, "machinefile", default="", help="one host per line: a multi-machine job")
-    flag(p, "worker_id", type=int, default=None, help="this process's worker id (with -machinefile)")
+    flag(
+        p, "worker_id", type=int, default=None, help="this process's worker id (with -machinefile)"
+    )
     _ps_flags(p)
 
 
@@ -111,7 +116,8 @@ def _test_flags(p) -> None:
 
 
 def test(args) -> int:
-    """Score a model: `iterations` forward passes, per-batch and mean outputs (Caffe's `caffe test`)."""
+    """Score a model: `iterations` forward passes, per-batch and mean outputs (Caffe's `caffe
+    test`)."""
     from tqdm import tqdm
 
     from geeps_net.net import Net
@@ -119,7 +125,9 @@ def test(args) -> int:
 
     xp = array_module(_gpu(args))
     stages = [s for s in args.stage.split(",") if s]
-    with Net(args.model, args.phase, args.weights or None, level=args.level, stages=stages, xp=xp) as net:
+    with Net(
+        args.model, args.phase, args.weights or None, level=args.level, stages=stages, xp=xp
+    ) as net:
         totals, loss = {}, 0.0
         for i in tqdm(range(args.iterations), desc="test", unit="batch", disable=None):
             outputs = net.forward()
@@ -132,7 +140,9 @@ def test(args) -> int:
                     index += 1
                 totals[name] = totals.get(name, 0.0) + values.astype(numpy.float64)
         log.info("Loss: %g", loss / args.iterations)
-        weights = {t.name: w for tops, ws in zip(net.tops, net.loss_weights) for t, w in zip(tops, ws)}
+        weights = {
+            t.name: w for tops, ws in zip(net.tops, net.loss_weights) for t, w in zip(tops, ws)
+        }
         for name, total in totals.items():
             for v in total / args.iterations:
                 w = weights.get(name, 0.0)
@@ -250,7 +260,9 @@ def convert_mnist(args) -> int:
     """MNIST / Fashion-MNIST IDX files -> LMDB of Datum (Caffe's convert_mnist_data)."""
     from geeps_net.dataset import convert_mnist as convert
 
-    count = convert(args.images, args.labels, args.output, backend=args.backend, overwrite=args.overwrite)
+    count = convert(
+        args.images, args.labels, args.output, backend=args.backend, overwrite=args.overwrite
+    )
     log.info("Processed %d files.", count)
     return 0
 

@@ -1,6 +1,7 @@
 """Caffe's fillers: initial values for learnable blobs, drawn on the host from a seeded generator.
 
-Each filler maps (FillerParameter, shape, numpy.random.Generator) to a NumPy array; the caller moves it to
+Each filler maps (FillerParameter, shape, numpy.random.Generator) to a NumPy array; the caller
+moves it to
 wherever the blob lives (resident array or PS table).
 """
 

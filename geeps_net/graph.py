@@ -1,6 +1,7 @@
 """Pure NetParameter passes: NetState rule filtering and Caffe's automatic Split insertion.
 
-Each pass takes a NetParameter and returns a new one plus, for error messages, the index in the input of
+Each pass takes a NetParameter and returns a new one plus, for error messages, the index in the
+input of
 every output layer (`origins`), so a layer can always be traced back to its prototxt line.
 """
 
@@ -25,7 +26,8 @@ def state_meets_rule(state: caffe_pb2.NetState, rule: caffe_pb2.NetStateRule) ->
 
 
 def filter_net(param: caffe_pb2.NetParameter, state: caffe_pb2.NetState):
-    """Layers kept for `state`: no rules -> kept; include -> any matches; exclude -> none matches."""
+    """Layers kept for `state`: no rules -> kept; include -> any matches; exclude -> none
+    matches."""
     out = caffe_pb2.NetParameter()
     out.CopyFrom(param)
     out.ClearField("layer")
@@ -52,14 +54,17 @@ def split_blob_name(blob: str, layer: str, top_index: int, split_index: int) -> 
 
 
 def _count_consumers(param):
-    """For each bottom, the (layer, top) version it reads; for each top version, its consumer count."""
+    """For each bottom, the (layer, top) version it reads; for each top version, its consumer
+    count."""
     last_top, source, consumers, loss_weights = {}, {}, defaultdict(int), {}
     for i, layer in enumerate(param.layer):
         for j, name in enumerate(layer.bottom):
             if name not in last_top:
-                raise NetError(
+                error = NetError(
                     f'layer "{layer.name}": bottom "{name}" is produced by no earlier layer'
                 )
+                error.input_index = i  # the caller maps it to a prototxt line
+                raise error
             source[i, j] = last_top[name]
             consumers[last_top[name]] += 1
         for j, name in enumerate(layer.top):
@@ -73,9 +78,11 @@ def _count_consumers(param):
 
 
 def insert_splits(param: caffe_pb2.NetParameter):
-    """Caffe's InsertSplits: a top read by several bottoms gets a Split layer right after its producer.
+    """Caffe's InsertSplits: a top read by several bottoms gets a Split layer right after its
+    producer.
 
-    Returns (new NetParameter, origins) where origins[k] is the input index of output layer k (a Split layer
+    Returns (new NetParameter, origins) where origins[k] is the input index of output layer k (a
+    Split layer
     takes its producer's index).
     """
     source, consumers, loss_weights = _count_consumers(param)

@@ -1,7 +1,9 @@
 """Layer base class and the registry that maps Caffe's `type` strings to layer classes.
 
-A layer declares shapes and state and computes into buffers it is handed; it never allocates blob memory:
-tops, learnable blobs and internal (forward-to-backward) blobs are declared and bound from outside, by `Net`
+A layer declares shapes and state and computes into buffers it is handed; it never allocates blob
+memory:
+tops, learnable blobs and internal (forward-to-backward) blobs are declared and bound from outside,
+by `Net`
 when it runs resident and by the parameter server when it trains.
 """
 
@@ -21,7 +23,8 @@ Blobs = list[Blob]
 
 
 def register(type_name: str):
-    """Class decorator: make `type_name` (Caffe's type string) build this class. Refuses duplicates."""
+    """Class decorator: make `type_name` (Caffe's type string) build this class. Refuses
+    duplicates."""
 
     def decorate(cls):
         if type_name in LAYER_TYPES:
@@ -34,7 +37,8 @@ def register(type_name: str):
 
 
 def create_layer(layer_param, phase: int) -> Layer:
-    """Instantiate the registered class for `layer_param.type`; unknown types list the known ones."""
+    """Instantiate the registered class for `layer_param.type`; unknown types list the known
+    ones."""
     import geeps_net.layers  # noqa: F401  (registers every built-in layer)
 
     try:
@@ -50,8 +54,10 @@ def create_layer(layer_param, phase: int) -> Layer:
 class Layer:
     """One node of a Net. Declares shapes and state; computes into buffers it is handed.
 
-    Subclasses set `num_bottoms`/`num_tops` (an exact count, or (min, max) with max None = any), say what
-    their backward reads, and implement `reshape`, `forward` and (unless `has_backward` is False) `backward`.
+    Subclasses set `num_bottoms`/`num_tops` (an exact count, or (min, max) with max None = any),
+    say what
+    their backward reads, and implement `reshape`, `forward` and (unless `has_backward` is False)
+    `backward`.
     """
 
     type = ""
@@ -61,8 +67,12 @@ class Layer:
     backward_reads = frozenset({"bottom_data", "top_diff"})
     has_backward = True
     is_loss = False  # loss layers weigh top 0 by 1 unless loss_weight says otherwise
-    no_gradient_bottoms: tuple[int, ...] = ()  # bottoms that never take a gradient (labels, indices)
-    reshape_reads_data = False  # True when top shapes depend on bottom values (Filter): no fixed plan
+    no_gradient_bottoms: tuple[
+        int, ...
+    ] = ()  # bottoms that never take a gradient (labels, indices)
+    reshape_reads_data = (
+        False  # True when top shapes depend on bottom values (Filter): no fixed plan
+    )
 
     def __init__(self, layer_param, phase: int = TRAIN) -> None:
         self.layer_param, self.phase, self.name = layer_param, phase, layer_param.name
@@ -105,7 +115,10 @@ class Layer:
 
     def check_blob_counts(self, bottoms: Blobs, tops: Blobs) -> None:
         """Raise unless the bottom and top counts fit `num_bottoms` / `num_tops`."""
-        for what, blobs, rule in (("bottom", bottoms, self.num_bottoms), ("top", tops, self.num_tops)):
+        for what, blobs, rule in (
+            ("bottom", bottoms, self.num_bottoms),
+            ("top", tops, self.num_tops),
+        ):
             lo, hi = (rule, rule) if isinstance(rule, int) else rule
             if len(blobs) < lo or (hi is not None and len(blobs) > hi):
                 want = str(lo) if lo == hi else f"{lo} to {hi if hi is not None else 'any'}"

@@ -1,7 +1,9 @@
 """Net: the ordered layers and blobs of one NetParameter; forward/backward one layer at a time.
 
-The Net knows nothing of the parameter server. It runs either *resident* (every blob bound to its own array:
-inference, tests, the no-PS baseline) or *bound from outside* (the worker hands each layer PS buffers before
+The Net knows nothing of the parameter server. It runs either *resident* (every blob bound to its
+own array:
+inference, tests, the no-PS baseline) or *bound from outside* (the worker hands each layer PS
+buffers before
 `forward_layer(i)` / `backward_layer(i)`).
 """
 
@@ -17,8 +19,8 @@ from geeps_net.errors import GeepsError, NetError
 from geeps_net.graph import filter_net, insert_splits
 from geeps_net.layer import TRAIN
 from geeps_net.net_build import build_layers
-from geeps_net.prototxt import NetSource, parse_net, read_net
 from geeps_net.proto import caffe_pb2
+from geeps_net.prototxt import NetSource, parse_net, read_net
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,8 @@ class Learnable:
 
 
 class Net:
-    """Caffe's Net: layers in execution order, blobs by name, losses, and which layers need backward."""
+    """Caffe's Net: layers in execution order, blobs by name, losses, and which layers need
+    backward."""
 
     def __init__(
         self,
@@ -59,7 +62,8 @@ class Net:
     ) -> None:
         """Build from a prototxt path, prototxt text, NetSource or NetParameter.
 
-        `phase` is TRAIN/TEST (or the strings); `seed` seeds fillers and stochastic layers (None = random);
+        `phase` is TRAIN/TEST (or the strings); `seed` seeds fillers and stochastic layers (None =
+        random);
         `resident=False` leaves every blob unbound, for the parameter server to bind.
         """
         self.xp = xp
@@ -67,12 +71,19 @@ class Net:
         self.phase = PHASES[phase] if isinstance(phase, str) else phase
         state = caffe_pb2.NetState(phase=self.phase, level=level, stage=list(stages))
         filtered, kept = filter_net(self.source.param, state)
-        self.param, split_origins = insert_splits(filtered)
+        try:
+            self.param, split_origins = insert_splits(filtered)
+        except NetError as e:
+            where = self.source.where(kept[e.input_index]) if hasattr(e, "input_index") else ""
+            raise NetError(f"{where}: {e}" if where else str(e)) from None
         self.origins = [kept[i] for i in split_origins]  # index of each layer in the source file
         self.name = self.param.name
         self.seed = seed
         seeds = numpy.random.SeedSequence(seed)
-        self._fill_rng, layer_seeds = numpy.random.default_rng(seeds), seeds.spawn(len(self.param.layer))
+        self._fill_rng, layer_seeds = (
+            numpy.random.default_rng(seeds),
+            seeds.spawn(len(self.param.layer)),
+        )
         try:
             build_layers(self, layer_seeds, data_shard)
         except GeepsError as e:
@@ -90,13 +101,19 @@ class Net:
 
     @property
     def params(self) -> dict[str, list[Blob]]:
-        """Layer name -> its learnable blobs (shared blobs appear under every layer that uses them)."""
+        """Layer name -> its learnable blobs (shared blobs appear under every layer that uses
+        them)."""
         return {layer.name: layer.blobs for layer in self.layers if layer.blobs}
 
     @property
     def inputs(self) -> list[str]:
         """Tops of Input layers: what `forward(**inputs)` accepts."""
-        return [t.name for layer, tops in zip(self.layers, self.tops) if layer.type == "Input" for t in tops]
+        return [
+            t.name
+            for layer, tops in zip(self.layers, self.tops)
+            if layer.type == "Input"
+            for t in tops
+        ]
 
     def where(self, index: int) -> str:
         """FILE:LINE of layer `index` in the source prototxt."""
@@ -107,7 +124,11 @@ class Net:
     def all_blobs(self) -> list[Blob]:
         """Every distinct blob: activations, internals, learnable (owned) blobs."""
         seen, out = set(), []
-        for blob in [*self.blobs.values(), *self.internal_blobs(), *(p.blob for p in self.learnable)]:
+        for blob in [
+            *self.blobs.values(),
+            *self.internal_blobs(),
+            *(p.blob for p in self.learnable),
+        ]:
             if id(blob) not in seen:
                 seen.add(id(blob))
                 out.append(blob)
@@ -152,7 +173,8 @@ class Net:
         layer.backward(self.xp, tops, self.bottom_need_backward[i], self.bottoms[i])
 
     def forward(self, start: int = 0, end: int | None = None, **inputs) -> dict:
-        """Resident forward from layer `start` to `end`; feeds `inputs` by blob name; returns outputs."""
+        """Resident forward from layer `start` to `end`; feeds `inputs` by blob name; returns
+        outputs."""
         self._require_resident()
         for name, value in inputs.items():
             self.blobs[name].data[...] = self.xp.asarray(value)
@@ -182,7 +204,9 @@ class Net:
         from geeps_net.snapshot import match_weights
 
         self._require_resident()
-        wanted = {layer.name: [b.shape for b in layer.blobs] for layer in self.layers if layer.blobs}
+        wanted = {
+            layer.name: [b.shape for b in layer.blobs] for layer in self.layers if layer.blobs
+        }
         for name, arrays in match_weights(weights, wanted, source).items():
             for blob, value in zip(self.params[name], arrays):
                 blob.data[...] = self.xp.asarray(value, dtype=blob.dtype).reshape(blob.shape)
@@ -200,7 +224,9 @@ class Net:
 
     def _require_resident(self) -> None:
         if not self.resident:
-            raise NetError(f'net "{self.name}": blobs are bound by the parameter server, not resident')
+            raise NetError(
+                f'net "{self.name}": blobs are bound by the parameter server, not resident'
+            )
 
     def _reshape_from(self, start: int) -> None:
         """Re-run reshape from layer `start` on (data-dependent shapes) and rebind what changed."""
@@ -209,7 +235,9 @@ class Net:
             self.layers[i].reshape(self.bottoms[i], self.tops[i])
             for blob, shape in before:
                 if self.resident and (blob.data is None or blob.shape != shape):
-                    blob.bind(self.xp.zeros(blob.shape, blob.dtype), self.xp.zeros(blob.shape, blob.dtype))
+                    blob.bind(
+                        self.xp.zeros(blob.shape, blob.dtype), self.xp.zeros(blob.shape, blob.dtype)
+                    )
 
 
 def _as_source(model) -> NetSource:

@@ -82,7 +82,9 @@ def _collect_params(net) -> None:
     for li, layer in enumerate(net.layers):
         specs = layer.layer_param.param
         if len(specs) > len(layer.blobs):
-            raise _error(net, layer, f"{len(specs)} param specs for {len(layer.blobs)} learnable blobs")
+            raise _error(
+                net, layer, f"{len(specs)} param specs for {len(layer.blobs)} learnable blobs"
+            )
         for pi, blob in enumerate(list(layer.blobs)):
             spec = specs[pi] if pi < len(specs) else None
             init = fill(layer.fillers[pi], blob.shape, rng, blob.dtype)
@@ -102,10 +104,14 @@ def _collect_params(net) -> None:
 
 def _check_shared(net, layer, owned: Blob, blob: Blob, spec, name: str) -> None:
     permissive = spec.share_mode == spec.PERMISSIVE
-    same = math.prod(owned.shape) == math.prod(blob.shape) if permissive else owned.shape == blob.shape
+    same = (
+        math.prod(owned.shape) == math.prod(blob.shape) if permissive else owned.shape == blob.shape
+    )
     if not same:
         raise _error(
-            net, layer, f'shared param "{name}" has shape {owned.shape}, this layer wants {blob.shape}'
+            net,
+            layer,
+            f'shared param "{name}" has shape {owned.shape}, this layer wants {blob.shape}',
         )
 
 
@@ -116,7 +122,9 @@ def _mark_backward(net) -> None:
     for layer, bottoms, tops in zip(net.layers, net.bottoms, net.tops):
         down = list(layer.layer_param.propagate_down)
         if down and len(down) != len(bottoms):
-            raise _error(net, layer, f"{len(down)} propagate_down values for {len(bottoms)} bottoms")
+            raise _error(
+                net, layer, f"{len(down)} propagate_down values for {len(bottoms)} bottoms"
+            )
         need = any(b.name in blob_needs for b in bottoms)
         need |= any(owned_lr.get(id(b), 0.0) != 0 for b in layer.blobs)
         bottom_need = [
@@ -148,11 +156,14 @@ def _mark_backward(net) -> None:
 
 
 def _prune(net) -> None:
-    """Walk backwards: layers that feed no loss, or whose tops all skip backprop, need no backward."""
+    """Walk backwards: layers that feed no loss, or whose tops all skip backprop, need no
+    backward."""
     under_loss, skip = set(), set()
     for i in reversed(range(len(net.layers))):
         tops = net.tops[i]
-        contributes = any(w != 0 for w in net.loss_weights[i]) or any(t.name in under_loss for t in tops)
+        contributes = any(w != 0 for w in net.loss_weights[i]) or any(
+            t.name in under_loss for t in tops
+        )
         skip_down = all(t.name in skip for t in tops)
         if net.layer_need_backward[i] and skip_down:
             net.layer_need_backward[i] = False

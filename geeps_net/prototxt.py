@@ -1,8 +1,10 @@
 """Read Caffe's text formats: nets and solvers, with FILE:LINE:COL errors and legacy upgrades.
 
 Legacy nets are upgraded on load as Caffe does: V1 `layers { type: CONVOLUTION ... }` and V0
-`layers { layer { type: "conv" } }` become `layer { type: "Convolution" }`; net-level `input`/`input_dim`/
-`input_shape` become an Input layer; data-layer transform fields move to `transform_param`; solver_type
+`layers { layer { type: "conv" } }` become `layer { type: "Convolution" }`; net-level
+`input`/`input_dim`/
+`input_shape` become an Input layer; data-layer transform fields move to `transform_param`;
+solver_type
 becomes type.
 """
 
@@ -23,7 +25,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class NetSource:
-    """A parsed net and where it came from: `where(i)` gives "FILE:LINE" of layer i for error messages."""
+    """A parsed net and where it came from: `where(i)` gives "FILE:LINE" of layer i for error
+    messages."""
 
     param: caffe_pb2.NetParameter
     path: str = "<string>"
@@ -76,7 +79,9 @@ def parse_net(text: str, path: str = "<string>") -> NetSource:
     param = _parse(text, caffe_pb2.NetParameter(), path)
     lines = _top_level_lines(text, ("layer", "layers"))
     if param.layer and param.layers:
-        raise PrototxtError(f"{path}: mixes `layer` and legacy `layers` entries (Caffe refuses this)")
+        raise PrototxtError(
+            f"{path}: mixes `layer` and legacy `layers` entries (Caffe refuses this)"
+        )
     upgraded = upgrade_net(param, path)
     if len(upgraded.layer) != len(lines):  # an Input layer was prepended for legacy net inputs
         lines = [1] * (len(upgraded.layer) - len(lines)) + lines
@@ -142,7 +147,9 @@ def _upgrade_inputs(net, path: str) -> None:
     layer.top.extend(net.input)
     if net.input_shape:
         if len(net.input_shape) != len(net.input):
-            raise PrototxtError(f"{path}: {len(net.input)} inputs but {len(net.input_shape)} input_shape")
+            raise PrototxtError(
+                f"{path}: {len(net.input)} inputs but {len(net.input_shape)} input_shape"
+            )
         layer.input_param.shape.extend(net.input_shape)
     elif net.input_dim:
         if len(net.input_dim) != 4 * len(net.input):

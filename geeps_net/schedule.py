@@ -1,6 +1,8 @@
-"""The access schedule of one training iteration: which PS data each layer step acquires and releases.
+"""The access schedule of one training iteration: which PS data each layer step acquires and
+releases.
 
-A pure pass over a built Net (DESIGN §4, "Virtual iteration"). The worker walks the schedule with compute
+A pure pass over a built Net (DESIGN §4, "Virtual iteration"). The worker walks the schedule with
+compute
 off to record the op sequence and with compute on for every real iteration, so the record *is* the
 iteration. Keys are ("data", blob), ("diff", blob), ("internal", blob), ("frozen", blob), tables are
 indexes into `Schedule.tables`.
@@ -15,7 +17,8 @@ from geeps_net.blob import Blob
 
 @dataclass
 class Table:
-    """Parameter data: the learnable blobs of `layers_per_table` consecutive layers, concatenated."""
+    """Parameter data: the learnable blobs of `layers_per_table` consecutive layers,
+    concatenated."""
 
     name: str
     params: list  # net.Learnable entries, in learnable order
@@ -30,7 +33,9 @@ class Step:
     layer: int
     reads: list[int] = field(default_factory=list)  # tables read (forward and backward)
     pre_updates: list[int] = field(default_factory=list)  # tables whose update buffer starts here
-    updates: list[int] = field(default_factory=list)  # tables whose update is applied after this step
+    updates: list[int] = field(
+        default_factory=list
+    )  # tables whose update is applied after this step
     acquire: list[tuple] = field(default_factory=list)  # (key, fetch)
     release: list[tuple] = field(default_factory=list)  # (key, keep)
 
@@ -136,7 +141,8 @@ def _frozen_keys(net, i: int, table_of) -> list:
 
 
 def _forward_uses(net, i: int, table_of) -> list:
-    """Local keys layer i's forward touches, with fetch: bottoms' data in, tops/internals written."""
+    """Local keys layer i's forward touches, with fetch: bottoms' data in, tops/internals
+    written."""
     uses, seen = [], set()
     for b in net.bottoms[i]:
         uses.append((("data", b.name), True))
@@ -216,7 +222,9 @@ def _backward_steps(net, table_of, locals_):
         next_keys = set(keys[pos + 1]) if pos + 1 < len(order) else set()
         for key in [k for k in held if k not in next_keys]:
             written = key[0] == "diff" or key[0] == "frozen"
-            step.release.append((key, written and (_read_later(keys, pos, key) or key[0] == "frozen")))
+            step.release.append(
+                (key, written and (_read_later(keys, pos, key) or key[0] == "frozen"))
+            )
             held.discard(key)
         steps.append(step)
     return steps, started

@@ -1,7 +1,9 @@
 """The solver loop (Caffe's Solver::Step/Solve): test, display, update, snapshot, resume.
 
-The per-iteration work is done by a *trainer*: `worker.PsTrainer` (through the parameter server, the default)
-or `ResidentTrainer` below (no PS: every blob resident, Caffe's own order). Both compute the same numbers;
+The per-iteration work is done by a *trainer*: `worker.PsTrainer` (through the parameter server,
+the default)
+or `ResidentTrainer` below (no PS: every blob resident, Caffe's own order). Both compute the same
+numbers;
 tests pin them down as bit-identical.
 """
 
@@ -17,8 +19,8 @@ import numpy
 from geeps_net.backend import to_host
 from geeps_net.errors import SolverError
 from geeps_net.net import Net
-from geeps_net.prototxt import read_net, read_solver
 from geeps_net.proto import caffe_pb2
+from geeps_net.prototxt import read_net, read_solver
 from geeps_net.solvers import LrState, clip_gradients, create_update_rule, learning_rate, normalize
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,8 @@ class ResidentTrainer:
         return [to_host(p.blob.data) for p in self.net.learnable]
 
     def history_arrays(self) -> list[numpy.ndarray]:
-        """History blobs in Caffe's order: all first-history blobs, then all second-history blobs."""
+        """History blobs in Caffe's order: all first-history blobs, then all second-history
+        blobs."""
         return [to_host(h[k]) for k in range(self.rule.num_history) for h in self.history]
 
     def load(self, params=None, history=None) -> None:
@@ -85,7 +88,9 @@ def resolve_path(path: str, solver_dir: Path) -> str:
 def weights_by_layer(net: Net, arrays) -> dict[str, list]:
     """Layer name -> arrays of its learnable blobs, from arrays given in `net.learnable` order."""
     by_blob = {id(p.blob): a for p, a in zip(net.learnable, arrays)}
-    return {layer.name: [by_blob[id(b)] for b in layer.blobs] for layer in net.layers if layer.blobs}
+    return {
+        layer.name: [by_blob[id(b)] for b in layer.blobs] for layer in net.layers if layer.blobs
+    }
 
 
 class Solver:
@@ -134,7 +139,9 @@ class Solver:
         ]
         given = [s for s in sources if s is not None]
         if len(given) != 1:
-            raise SolverError("the solver must name exactly one of train_net, train_net_param, net, net_param")
+            raise SolverError(
+                "the solver must name exactly one of train_net, train_net_param, net, net_param"
+            )
         state = self.param.train_state
         return Net(
             given[0], caffe_pb2.TRAIN, level=state.level, stages=state.stage, seed=seed,
@@ -151,12 +158,21 @@ class Solver:
         if len(sources) != len(p.test_iter):
             raise SolverError(f"{len(p.test_iter)} test_iter values for {len(sources)} test nets")
         if p.test_state and len(p.test_state) != len(sources):
-            raise SolverError(f"{len(p.test_state)} test_state entries for {len(sources)} test nets")
+            raise SolverError(
+                f"{len(p.test_state)} test_state entries for {len(sources)} test nets"
+            )
         nets = []
         for i, source in enumerate(sources if self.is_root else []):
             state = p.test_state[i] if p.test_state else caffe_pb2.NetState()
             nets.append(
-                Net(source, caffe_pb2.TEST, level=state.level, stages=state.stage, seed=seed, xp=self.xp)
+                Net(
+                    source,
+                    caffe_pb2.TEST,
+                    level=state.level,
+                    stages=state.stage,
+                    seed=seed,
+                    xp=self.xp,
+                )
             )
         return nets
 
@@ -179,7 +195,9 @@ class Solver:
             self._smooth(loss, start)
             if display:
                 lapse = time.perf_counter() - tic
-                per_s = (self.iter - tic_iter) / lapse if lapse > 0 and self.iter > tic_iter else 0.0
+                per_s = (
+                    (self.iter - tic_iter) / lapse if lapse > 0 and self.iter > tic_iter else 0.0
+                )
                 log.info(
                     "Iteration %d (%g iter/s, %.3gs/%d iters), loss = %g",
                     self.iter, per_s, lapse, p.display, self.smoothed_loss,
@@ -222,7 +240,9 @@ class Solver:
 
     def _log_outputs(self, kind: str, outputs: dict, net: Net, scale: float = 1.0) -> None:
         index = 0
-        weights = {t.name: w for tops, ws in zip(net.tops, net.loss_weights) for t, w in zip(tops, ws)}
+        weights = {
+            t.name: w for tops, ws in zip(net.tops, net.loss_weights) for t, w in zip(tops, ws)
+        }
         for name, values in outputs.items():
             for value in numpy.ravel(values):
                 value = float(value) * scale
@@ -270,7 +290,9 @@ class Solver:
     def snapshot_prefix(self) -> str:
         prefix = self.param.snapshot_prefix
         if not prefix:
-            return str(self.solver_dir / "snapshot")  # Caffe: the solver file's name without extension
+            return str(
+                self.solver_dir / "snapshot"
+            )  # Caffe: the solver file's name without extension
         if Path(prefix).is_dir():
             return str(Path(prefix) / "snapshot")
         return prefix

@@ -17,7 +17,8 @@ from geeps_net.proto import caffe_pb2
 
 
 def make_layer(text: str, phase: int = TRAIN) -> Layer:
-    """A layer from LayerParameter text such as 'type: "ReLU" relu_param { negative_slope: 0.1 }'."""
+    """A layer from LayerParameter text such as 'type: "ReLU" relu_param { negative_slope: 0.1
+    }'."""
     param = caffe_pb2.LayerParameter()
     text_format.Parse(text, param)
     if not param.name:
@@ -63,7 +64,8 @@ class LayerRig:
         self.reshape()
 
     def reshape(self) -> None:
-        """Run the layer's reshape and (re)bind tops and internals of new shapes to zeroed arrays."""
+        """Run the layer's reshape and (re)bind tops and internals of new shapes to zeroed
+        arrays."""
         self.layer.reshape(self.bottoms, self.tops)
         for blob in self.tops + list(self.layer.internals.values()):
             if blob.data is None or blob.data.shape != blob.shape:
@@ -78,7 +80,8 @@ class LayerRig:
         return [to_host(t.data).copy() for t in self.tops]
 
     def backward(self, top_diffs, propagate_down=None) -> list[numpy.ndarray]:
-        """Set the tops' diff, zero bottom and param diffs, run backward; bottom diffs on the host."""
+        """Set the tops' diff, zero bottom and param diffs, run backward; bottom diffs on the
+        host."""
         for top, d in zip(self.tops, top_diffs, strict=True):
             top.diff[...] = self.xp.asarray(d, dtype=top.dtype)
         for blob in self.bottoms + self.layer.blobs:
@@ -116,7 +119,8 @@ def check_gradient(
     """Compare backward with central differences of E = sum(r * tops), r fixed random weights.
 
     `inputs` are arrays (or shapes, filled with N(0, 1)); `check_bottoms` lists the bottoms to check
-    (default: all but the layer's no-gradient bottoms). An element within `kink_range` of `kink` is skipped,
+    (default: all but the layer's no-gradient bottoms). An element within `kink_range` of `kink` is
+    skipped,
     as in Caffe's GradientChecker. The tolerance is threshold * max(|analytic|, |numeric|, 1).
     Returns the number of elements checked; raises AssertionError naming the first mismatch.
     """

@@ -95,7 +95,9 @@ def upgrade_v0_layer(v1, where: str):
             _copy_repeated(v0, sub, pad="pad", kernelsize="kernel_size", stride="stride")
             _copy(v0, sub, group="group")
     elif kind == "POOLING":
-        _copy(v0, out.pooling_param, pool="pool", pad="pad", kernelsize="kernel_size", stride="stride")
+        _copy(
+            v0, out.pooling_param, pool="pool", pad="pad", kernelsize="kernel_size", stride="stride"
+        )
     elif kind == "DROPOUT":
         _copy(v0, out.dropout_param, dropout_ratio="dropout_ratio")
     elif kind == "LRN":

@@ -1,9 +1,13 @@
 """Where the engine meets GeePS: a Net's iteration driven through a PS client (DESIGN §4).
 
-`PsTrainer` registers every trainable layer's params as PS tables and every blob, internal blob, frozen param
-and solver history as PS local data, records one iteration with compute off (the virtual iteration), then
-runs every real iteration through the same calls: read/post_read for params, pre_update/update for the
-solver's update (computed straight into the update buffer), local_access/post_local_access for the rest.
+`PsTrainer` registers every trainable layer's params as PS tables and every blob, internal blob,
+frozen param
+and solver history as PS local data, records one iteration with compute off (the virtual
+iteration), then
+runs every real iteration through the same calls: read/post_read for params, pre_update/update for
+the
+solver's update (computed straight into the update buffer), local_access/post_local_access for the
+rest.
 This module is the only one in the engine that imports `geeps_net.ps`.
 """
 
@@ -31,7 +35,9 @@ class PsTrainer:
 
     def __init__(self, net, rule, param, client: Client) -> None:
         if any(layer.reshape_reads_data for layer in net.layers):
-            raise NetError(f'net "{net.name}": a layer with data-dependent shapes cannot run on the PS')
+            raise NetError(
+                f'net "{net.name}": a layer with data-dependent shapes cannot run on the PS'
+            )
         self.net, self.rule, self.param, self.client = net, rule, param, client
         self.xp = net.xp
         self.iter_size = max(param.iter_size, 1)
@@ -52,13 +58,18 @@ class PsTrainer:
             key: c.create_local(".".join(key), blob.count, kind, dtype=blob.dtype)
             for key, (blob, kind) in s.locals.items()
         }
-        # Solver history (and, when updates are deferred, gradient accumulators) per trainable param.
+        # Solver history (and, when updates are deferred, gradient accumulators) per trainable
+        # param.
         self.history_ids = {}
         for t, table in enumerate(s.tables):
             for k in range(self.rule.num_history):
-                self.history_ids[t, k] = c.create_local(f"{table.name}.history{k}", table.size, "history")
+                self.history_ids[t, k] = c.create_local(
+                    f"{table.name}.history{k}", table.size, "history"
+                )
             if self.deferred:
-                self.history_ids[t, "grad"] = c.create_local(f"{table.name}.grad", table.size, "diff")
+                self.history_ids[t, "grad"] = c.create_local(
+                    f"{table.name}.grad", table.size, "diff"
+                )
         if c.worker_id == 0:
             for t, table in enumerate(s.tables):
                 init = numpy.concatenate([p.blob_init.ravel() for p in table.params])
@@ -125,10 +136,14 @@ class PsTrainer:
             self._release(step)
 
     def _deferred_updates(self, it: int, rate: float, compute: bool) -> None:
-        """iter_size > 1 or clipping: updates wait for every gradient (Caffe's ApplyUpdate order)."""
+        """iter_size > 1 or clipping: updates wait for every gradient (Caffe's ApplyUpdate
+        order)."""
         c, s = self.client, self.schedule
         if self.param.clip_gradients >= 0:
-            grads = [c.local_access(self.history_ids[t, "grad"], fetch=True) for t in range(len(s.tables))]
+            grads = [
+                c.local_access(self.history_ids[t, "grad"], fetch=True)
+                for t in range(len(s.tables))
+            ]
             if compute:
                 clip_gradients(self.xp, self._param_views(grads), self.param.clip_gradients)
             for t in range(len(s.tables)):
@@ -156,13 +171,17 @@ class PsTrainer:
         """Normalize/regularize/update each param of table t in its update buffer, then negate it:
         the PS adds the buffer to the params, and w + (-d) == w - d exactly."""
         c, table = self.client, self.schedule.tables[t]
-        history = [c.local_access(self.history_ids[t, k], fetch=True) for k in range(self.rule.num_history)]
+        history = [
+            c.local_access(self.history_ids[t, k], fetch=True) for k in range(self.rule.num_history)
+        ]
         if compute:
             for p, offset in zip(table.params, table.offsets):
                 blob, sl = p.blob, slice(offset, offset + p.blob.count)
                 hist = [h[sl].reshape(blob.shape) for h in history]
                 normalize(self.xp, blob.diff, self.iter_size)
-                self.rule.update(self.xp, it, rate, p.lr_mult, p.decay_mult, blob.data, blob.diff, hist)
+                self.rule.update(
+                    self.xp, it, rate, p.lr_mult, p.decay_mult, blob.data, blob.diff, hist
+                )
                 self.xp.negative(blob.diff, out=blob.diff)
         for k in range(self.rule.num_history):
             c.post_local_access(self.history_ids[t, k], keep=True)
@@ -192,7 +211,8 @@ class PsTrainer:
             c.post_read(self.table_ids[t])
 
     def _bind_table(self, t: int, data=None, diff=None) -> None:
-        """Point table t's param blobs at slices of a PS buffer (data from read, diff from pre_update)."""
+        """Point table t's param blobs at slices of a PS buffer (data from read, diff from
+        pre_update)."""
         if data is None and diff is None:
             return
         for p, offset in zip(self.schedule.tables[t].params, self.schedule.tables[t].offsets):
@@ -223,11 +243,14 @@ class PsTrainer:
                 values[id(p.blob)] = flat[offset : offset + p.blob.count].reshape(p.blob.shape)
         for key, (blob, kind) in self.schedule.locals.items():
             if kind == "frozen":
-                values[id(blob)] = self.client.read_local_host(self.local_ids[key]).reshape(blob.shape)
+                values[id(blob)] = self.client.read_local_host(self.local_ids[key]).reshape(
+                    blob.shape
+                )
         return [values[id(p.blob)] for p in self.net.learnable]
 
     def history_arrays(self) -> list[numpy.ndarray]:
-        """Caffe's order: history k of every learnable param, k = 0, 1; frozen params' history is 0."""
+        """Caffe's order: history k of every learnable param, k = 0, 1; frozen params' history is
+        0."""
         out = []
         for k in range(self.rule.num_history):
             for p in self.net.learnable:
@@ -251,8 +274,11 @@ class PsTrainer:
         self.net.close()
 
 
-def ps_trainer_factory(config: Config, xp=numpy, worker_id: int = 0, num_workers: int = 1, shards=None):
-    """A trainer factory for `Solver`: PsTrainer over a client of `config` (in-process shard default)."""
+def ps_trainer_factory(
+    config: Config, xp=numpy, worker_id: int = 0, num_workers: int = 1, shards=None
+):
+    """A trainer factory for `Solver`: PsTrainer over a client of `config` (in-process shard
+    default)."""
 
     def make(net, rule, param):
         client = Client(

@@ -1,4 +1,5 @@
-"""Shared fixtures: `xp` runs a test on NumPy, and on CuPy too under `-m gpu` when a GPU is present."""
+"""Shared fixtures: `xp` runs a test on NumPy, and on CuPy too under `-m gpu` when a GPU is
+present."""
 
 from pathlib import Path
 

@@ -1,6 +1,8 @@
-"""Every real Caffe prototxt in shared/reference/models builds in TRAIN and TEST with Caffe's blob shapes.
+"""Every real Caffe prototxt in shared/reference/models builds in TRAIN and TEST with Caffe's blob
+shapes.
 
-Data layers are swapped for Input layers of the shape their LMDB would give (the databases are not here);
+Data layers are swapped for Input layers of the shape their LMDB would give (the databases are not
+here);
 everything else is the file unchanged.
 """
 
@@ -11,7 +13,11 @@ from geeps_net.prototxt import read_net
 from tests.conftest import REFERENCE
 
 MODELS = REFERENCE / "models"
-NETS = sorted(p for p in MODELS.glob("*/*.prototxt") if "solver" not in p.name) if MODELS.is_dir() else []
+NETS = (
+    sorted(p for p in MODELS.glob("*/*.prototxt") if "solver" not in p.name)
+    if MODELS.is_dir()
+    else []
+)
 
 # (channels, height, width) each data layer yields after its transform (crop), by model folder.
 DATA_SHAPES = {"mnist": (1, 28, 28), "siamese": (2, 28, 28), "cifar10": (3, 32, 32),
@@ -35,8 +41,12 @@ EXPECTED = {
         "pool3": (100, 64, 4, 4), "ip1": (100, 64), "ip2": (100, 10),
     },
     "cifar10_full_train_test.prototxt": {"norm1": (100, 32, 16, 16), "pool3": (100, 64, 4, 4)},
-    "mnist_siamese_train_test.prototxt": {"data": (64, 1, 28, 28), "feat": (64, 2), "feat_p": (64, 2)},
-    "mnist_autoencoder.prototxt": {"flatdata": (100, 784), "encode4": (100, 30), "decode1": (100, 784)},
+    "mnist_siamese_train_test.prototxt": {
+        "data": (64, 1, 28, 28), "feat": (64, 2), "feat_p": (64, 2),
+    },
+    "mnist_autoencoder.prototxt": {
+        "flatdata": (100, 784), "encode4": (100, 30), "decode1": (100, 784),
+    },
 }  # fmt: skip
 
 

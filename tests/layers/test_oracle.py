@@ -1,7 +1,9 @@
 """Every real-Caffe case in shared/reference/oracle/layers, run through a resident Net in float32.
 
-Each case is a small net of Input layers and the layers under test; the npz holds inputs, parameters, the
-outputs BVLC Caffe computed, and (when the case has a backward) top diffs and the resulting gradients.
+Each case is a small net of Input layers and the layers under test; the npz holds inputs,
+parameters, the
+outputs BVLC Caffe computed, and (when the case has a backward) top diffs and the resulting
+gradients.
 """
 
 import json
@@ -38,8 +40,12 @@ def run_case(name):
 
 
 def compare(got, want, what):
-    assert got.shape == want.shape or got.size == want.size, f"{what}: shape {got.shape} != {want.shape}"
-    assert_allclose(numpy.asarray(got).reshape(want.shape), want, rtol=RTOL, atol=ATOL, err_msg=what)
+    assert got.shape == want.shape or got.size == want.size, (
+        f"{what}: shape {got.shape} != {want.shape}"
+    )
+    assert_allclose(
+        numpy.asarray(got).reshape(want.shape), want, rtol=RTOL, atol=ATOL, err_msg=what
+    )
 
 
 @pytest.mark.skipif(not CASES, reason="shared/reference/oracle not laid out beside the checkout")
