@@ -52,7 +52,7 @@ class PsTrainer:
     # -- registration ---------------------------------------------------------------------------
 
     def _register(self) -> None:
-        c, s, net = self.client, self.schedule, self.net
+        c, s = self.client, self.schedule
         self.table_ids = [c.create_table(t.name, t.size) for t in s.tables]
         self.local_ids = {
             key: c.create_local(".".join(key), blob.count, kind, dtype=blob.dtype)
