@@ -147,9 +147,10 @@ def _forward_uses(net, i: int, table_of) -> list:
     for b in net.bottoms[i]:
         uses.append((("data", b.name), True))
         seen.add(b.name)
+    fed = net.layers[i].type == "Input"  # its tops are written from outside, between iterations
     for t in net.tops[i]:
         if t.name not in seen:
-            uses.append((("data", t.name), False))
+            uses.append((("data", t.name), fed))
     uses += [(("internal", b.name), False) for b in net.layers[i].internals.values()]
     uses += [(k, True) for k in _frozen_keys(net, i, table_of)]
     return uses

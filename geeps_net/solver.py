@@ -54,6 +54,11 @@ class ResidentTrainer:
     def outputs(self) -> dict[str, numpy.ndarray]:
         return {name: to_host(self.net.blobs[name].data) for name in self.net.outputs}
 
+    def feed(self, name: str, value) -> None:
+        """Set the data of an Input layer's top, used by every following iteration."""
+        blob = self.net.blobs[name]
+        blob.data[...] = self.net.xp.asarray(value, dtype=blob.dtype).reshape(blob.shape)
+
     def param_arrays(self) -> list[numpy.ndarray]:
         return [to_host(p.blob.data) for p in self.net.learnable]
 
