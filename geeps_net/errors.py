@@ -27,3 +27,15 @@ class DataError(GeepsError):
 
 class SnapshotError(GeepsError):
     """A .caffemodel / .solverstate that is truncated, foreign or does not fit the net."""
+
+
+class PsError(GeepsError):
+    """The parameter server cannot go on: a plan that does not fit, a call out of protocol, a failed thread."""
+
+
+class PsConfigError(PsError):
+    """A PS configuration value out of range: `SOURCE: FIELD: what is wrong`."""
+
+
+class DeadlineError(PsError):
+    """A wait that passed its deadline; the message names what was awaited and who is late."""

@@ -1,7 +1,8 @@
 """Three solver steps on LeNet (batch 4) agree with BVLC Caffe for every solver type.
 
 The npz files hold the parameters after steps 1 and 3 and the losses; per the oracle's generator the
-full-size step-1 arrays are views of the step-3 ones, so step 1 is checked through the one sampled array.
+full-size step-1 arrays are views of the step-3 ones, so step 1 is checked through the one sampled
+array.
 """
 
 import numpy
