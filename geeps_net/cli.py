@@ -93,5 +93,7 @@ def main(argv=None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m geeps_net.cli`: register verbs on the imported module
+    from geeps_net.cli import main as _main
+
+    sys.exit(_main())

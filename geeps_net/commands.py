@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import time
@@ -23,18 +24,42 @@ def _gpu(args):
     return 0 if args.gpu == "all" else int(args.gpu.split(",")[0])
 
 
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "t", "yes"):
+        return True
+    if text.lower() in ("0", "false", "f", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def _ps_flags(p) -> None:
+    """-ps_config FILE, -no_ps, and one flag per PsConfig field (overriding the file)."""
+    from geeps_net.proto import geeps_pb2
+
     flag(p, "ps_config", default="", help="PS configuration file (geeps.PsConfig text)")
     flag(p, "no_ps", action="store_true", help="run without the parameter server (baseline)")
-    from geeps_net.ps.config import add_config_flags
+    group = p.add_argument_group("PS configuration (geeps.PsConfig fields)")
+    types = {"TYPE_BOOL": _parse_bool, "TYPE_DOUBLE": float, "TYPE_FLOAT": float, "TYPE_STRING": str}
+    for field in geeps_pb2.PsConfig.DESCRIPTOR.fields:
+        kind = _FIELD_TYPES.get(field.type, "TYPE_INT")
+        if field.enum_type is not None:
+            choices = [v.name for v in field.enum_type.values]
+            flag(group, field.name, default=None, choices=choices)
+        else:
+            flag(group, field.name, default=None, type=types.get(kind, int), metavar="V")
 
-    add_config_flags(p)
+
+_FIELD_TYPES = {8: "TYPE_BOOL", 1: "TYPE_DOUBLE", 2: "TYPE_FLOAT", 9: "TYPE_STRING"}
 
 
 def _ps_config(args):
-    from geeps_net.ps.config import config_from_args
+    """The PS config: -ps_config file (or defaults), then every PsConfig flag given."""
+    from geeps_net.proto import geeps_pb2
+    from geeps_net.ps.config import Config
 
-    return config_from_args(args)
+    config = Config.load(args.ps_config) if args.ps_config else Config()
+    names = [f.name for f in geeps_pb2.PsConfig.DESCRIPTOR.fields]
+    return config.overrides(**{name: getattr(args, name) for name in names})
 
 
 # -- train ----------------------------------------------------------------------------------------

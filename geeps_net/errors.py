@@ -39,3 +39,11 @@ class PsConfigError(PsError):
 
 class DeadlineError(PsError):
     """A wait that passed its deadline; the message names what was awaited and who is late."""
+
+
+class WireError(PsError):
+    """A message that fails validation: bad magic, version, type, lengths, checksum or sender."""
+
+
+class PeerLost(PsError):
+    """A peer that stopped sending: `worker 2 (URL): no heartbeat for 30.0 s; its last clock was 41`."""

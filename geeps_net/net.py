@@ -148,6 +148,8 @@ class Net:
             blob.bind(xp.zeros(blob.shape, blob.dtype), xp.zeros(blob.shape, blob.dtype))
         for p in self.learnable:
             p.blob.data[...] = xp.asarray(p.blob_init)
+        for i in range(len(self.layers)):
+            self.set_loss_diffs(i)
         self.resident = True
 
     # -- running --------------------------------------------------------------------------------
@@ -164,13 +166,16 @@ class Net:
                 loss += weight * float(top.data.sum())
         return loss
 
-    def backward_layer(self, i: int) -> None:
-        """Set loss-weighted top diffs, then run layer i's backward on bound blobs."""
-        layer, tops = self.layers[i], self.tops[i]
-        for top, weight in zip(tops, self.loss_weights[i]):
+    def set_loss_diffs(self, i: int) -> None:
+        """Preset the diff of layer i's loss-weighted tops to their loss weight (Caffe does it once at
+        setup; a PS-bound diff does not outlive its access, so the worker calls this every backward)."""
+        for top, weight in zip(self.tops[i], self.loss_weights[i]):
             if weight:
                 top.diff[...] = weight
-        layer.backward(self.xp, tops, self.bottom_need_backward[i], self.bottoms[i])
+
+    def backward_layer(self, i: int) -> None:
+        """Run layer i's backward on bound blobs."""
+        self.layers[i].backward(self.xp, self.tops[i], self.bottom_need_backward[i], self.bottoms[i])
 
     def forward(self, start: int = 0, end: int | None = None, **inputs) -> dict:
         """Resident forward from layer `start` to `end`; feeds `inputs` by blob name; returns

@@ -126,6 +126,7 @@ class PsTrainer:
                     self._bind_table(t, diff=grad)
             self._acquire(step, compute, with_diffs=True)
             if compute:
+                net.set_loss_diffs(step.layer)
                 net.backward_layer(step.layer)
             for t in step.updates:
                 if self.deferred:

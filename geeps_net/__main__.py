@@ -1,0 +1,7 @@
+"""`python -m geeps_net` runs the `geeps-net` command."""
+
+import sys
+
+from geeps_net.cli import main
+
+sys.exit(main())

@@ -1,0 +1,330 @@
+"""Data sets as Caffe keeps them: IDX in, LMDB of serialized Datum out, mean files, reading back.
+
+`convert_mnist` turns MNIST / Fashion-MNIST IDX files into the LMDB that Caffe's convert_mnist_data
+writes (keys b"%08d", Datum 1 x 28 x 28 uint8 + label); `compute_image_mean` writes the binaryproto
+mean of such a DB; `DatumDB` reads one back for the Data layer. The batch Transformer lives in
+`geeps_net.transform` (re-exported here).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import math
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import lmdb
+import numpy
+from google.protobuf.message import DecodeError
+from tqdm import tqdm
+
+from geeps_net.errors import DataError
+from geeps_net.fileio import atomic_directory, write_atomic
+from geeps_net.proto import caffe_pb2
+from geeps_net.transform import Transformer, read_mean_file  # noqa: F401  (re-exported)
+
+log = logging.getLogger(__name__)
+
+IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # IDX: 0x0803 = uint8 x 3 dims, 0x0801 = uint8 x 1 dim
+_IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_COMMIT_EVERY = 1000  # records per LMDB write transaction, as convert_mnist_data
+
+
+# -- IDX ----------------------------------------------------------------------------------------
+
+
+def read_idx(path, magic: int | None = None) -> numpy.ndarray:
+    """The array stored in an IDX file (gzip-compressed or raw), checking `magic` when given.
+
+    Layout (big-endian): 2 zero bytes, a type byte (0x08 = uint8 ...), a dimension count, one int32
+    per dimension, then the elements row-major. Raises DataError naming the file on any mismatch.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+    if raw[:2] == b"\x1f\x8b":  # gzip magic: decide by content, not by the file name
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
+    if len(raw) < 4:
+        raise DataError(f"{path}: truncated IDX file ({len(raw)} bytes, no header)")
+    found = int.from_bytes(raw[:4], "big")
+    if magic is not None and found != magic:
+        raise DataError(f"{path}: IDX magic number {found}, expected {magic}")
+    dtype, ndim = _IDX_DTYPES.get(raw[2]), raw[3]
+    if raw[:2] != b"\0\0" or dtype is None or ndim == 0:
+        raise DataError(f"{path}: not an IDX file (magic number {found})")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    need = math.prod(dims) * numpy.dtype(dtype).itemsize
+    if len(raw) - header != need:
+        raise DataError(
+            f"{path}: header says {'x'.join(map(str, dims))} ({need} bytes of data), "
+            f"file has {len(raw) - header}{' (truncated)' if len(raw) - header < need else ''}"
+        )
+    return numpy.frombuffer(raw, dtype, offset=header).reshape(dims)
+
+
+# -- Datum ----------------------------------------------------------------------------------------
+
+
+def encode_datum(pixels: numpy.ndarray, label: int) -> bytes:
+    """Serialized Datum for a (C, H, W) array: uint8 -> `data` bytes, float -> `float_data`."""
+    pixels = numpy.asarray(pixels)
+    if pixels.ndim != 3:
+        raise ValueError(f"encode_datum wants a (C, H, W) array, got shape {pixels.shape}")
+    c, h, w = pixels.shape
+    datum = caffe_pb2.Datum(channels=c, height=h, width=w, label=int(label))
+    if pixels.dtype == numpy.uint8:
+        datum.data = pixels.tobytes()
+    else:
+        datum.float_data.extend(pixels.astype(numpy.float32).reshape(-1).tolist())
+    return datum.SerializeToString()
+
+
+def decode_datum(value: bytes, where: str = "datum", *, force_color=False, force_gray=False):
+    """(pixels (C, H, W) uint8 or float32, label) from a serialized Datum; DataError naming `where`.
+
+    Encoded (JPEG/PNG) data is decoded with Pillow into BGR channel order, as OpenCV gives Caffe.
+    """
+    datum = caffe_pb2.Datum()
+    try:
+        datum.ParseFromString(value)
+    except DecodeError:
+        raise DataError(f"{where}: corrupt record (not a serialized Datum)") from None
+    if datum.encoded:
+        return _decode_encoded(datum.data, where, force_color, force_gray), datum.label
+    shape = (datum.channels, datum.height, datum.width)
+    count = math.prod(shape)
+    if datum.data:
+        pixels = numpy.frombuffer(datum.data, numpy.uint8)
+    else:
+        pixels = numpy.asarray(datum.float_data, numpy.float32)
+    if pixels.size != count or count == 0:
+        raise DataError(f"{where}: corrupt record ({pixels.size} values for shape {shape})")
+    return pixels.reshape(shape), datum.label
+
+
+def _decode_encoded(data: bytes, where, force_color, force_gray) -> numpy.ndarray:
+    import io
+
+    image_module = import_pillow(where)
+    try:
+        image = image_module.open(io.BytesIO(data))
+        image.load()
+    except Exception as e:  # Pillow raises several types for bad bytes
+        raise DataError(f"{where}: cannot decode the encoded image ({e})") from None
+    return pil_to_chw(image, color=force_color or (not force_gray and image.mode != "L"))
+
+
+def import_pillow(who: str):
+    """PIL.Image, or a DataError telling `who` to install the `image` extra."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError(
+            f"{who}: reading images needs Pillow: pip install 'geeps-net[image]'"
+        ) from None
+    return Image
+
+
+def pil_to_chw(image, color: bool) -> numpy.ndarray:
+    """(C, H, W) uint8 of a Pillow image: 3 channels in BGR order (OpenCV's) when color, else 1."""
+    if color:
+        return numpy.asarray(image.convert("RGB"))[:, :, ::-1].transpose(2, 0, 1).copy()
+    return numpy.asarray(image.convert("L"))[None].copy()
+
+
+# -- LMDB -----------------------------------------------------------------------------------------
+
+
+def write_lmdb(
+    out_path,
+    records: Iterable[tuple[bytes, bytes]],
+    *,
+    map_size: int = 1 << 26,
+    overwrite: bool = False,
+) -> int:
+    """Write (key, value) records to a new LMDB directory `out_path`; returns the record count.
+
+    The DB is built in a temporary directory beside `out_path` and renamed into place at the end, so
+    a failure leaves no half-written DB. The map grows (doubling) whenever it fills.
+    """
+    out = Path(out_path)
+    if out.exists() and not overwrite:
+        raise DataError(f"{out}: already exists (pass overwrite=True to replace it)")
+    count = 0
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        env = lmdb.open(str(tmp), map_size=max(int(map_size), 1 << 20), subdir=True, meminit=False)
+        try:
+            chunk: list[tuple[bytes, bytes]] = []
+            for record in records:
+                chunk.append(record)
+                if len(chunk) == _COMMIT_EVERY:
+                    count += _put_chunk(env, chunk)
+                    chunk = []
+            count += _put_chunk(env, chunk)
+            env.sync(True)
+        finally:
+            env.close()
+    return count
+
+
+def _put_chunk(env, chunk) -> int:
+    while True:
+        try:
+            with env.begin(write=True) as txn:  # aborted on any exception
+                for key, value in chunk:
+                    txn.put(key, value)
+            return len(chunk)
+        except lmdb.MapFullError:
+            env.set_mapsize(env.info()["map_size"] * 2)
+
+
+class DatumDB:
+    """A read-only LMDB of serialized Datum (the Data layer's source); records in key byte order.
+
+    py-lmdb allows one open Environment per path and process, and several layers (a TRAIN and a
+    TEST net, workers in one process) may read the same DB: environments are shared, counted, and
+    closed by the last `close()`.
+    """
+
+    _open: dict[str, list] = {}  # real path -> [Environment, users]
+    _open_lock = threading.Lock()
+
+    def __init__(self, path, who: str = "") -> None:
+        self.path = Path(path)
+        prefix = f"{who}: " if who else ""
+        if not (self.path / "data.mdb").is_file():
+            missing = not self.path.exists()
+            what = "no such file or directory" if missing else "not an LMDB directory"
+            raise DataError(f"{prefix}source {self.path}: {what}")
+        self._key = os.path.realpath(self.path)
+        with self._open_lock:
+            entry = self._open.get(self._key)
+            if entry is None:
+                try:
+                    env = lmdb.open(self._key, readonly=True, lock=False, subdir=True)
+                except lmdb.Error as e:
+                    raise DataError(f"{prefix}source {self.path}: cannot open LMDB ({e})") from None
+                entry = self._open[self._key] = [env, 0]
+            entry[1] += 1
+        self.env = entry[0]
+        self.size = self.env.stat()["entries"]
+        if self.size == 0:
+            self.close()
+            raise DataError(f"{prefix}source {self.path}: the database is empty")
+
+    def first(self) -> tuple[bytes, bytes]:
+        """(key, value) of the first record."""
+        with self.env.begin() as txn:
+            cursor = txn.cursor()
+            cursor.first()
+            return cursor.key(), cursor.value()
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) in key order, once."""
+        with self.env.begin() as txn:
+            yield from txn.cursor()
+
+    def close(self) -> None:
+        """Let go of the environment; the last user closes it. Idempotent."""
+        if self.env is None:
+            return
+        with self._open_lock:
+            entry = self._open[self._key]
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._open[self._key]
+                entry[0].close()
+        self.env = None
+
+
+# -- tools ----------------------------------------------------------------------------------------
+
+
+def convert_mnist(
+    images_path,
+    labels_path,
+    out_path,
+    backend: str = "lmdb",
+    progress: bool = True,
+    overwrite: bool = False,
+) -> int:
+    """IDX images + labels -> LMDB of Datum (1, rows, cols, uint8, label), keys b"%08d".
+
+    Returns the record count.
+
+    The same records, byte for byte, as Caffe's convert_mnist_data.
+    """
+    if backend.lower() != "lmdb":
+        raise DataError(f"convert_mnist: backend {backend!r} is not supported (use lmdb)")
+    out = Path(out_path)
+    if out.exists() and not overwrite:
+        raise DataError(f"{out}: already exists (pass overwrite=True to replace it)")
+    images = read_idx(images_path, IMAGES_MAGIC)
+    labels = read_idx(labels_path, LABELS_MAGIC)
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"{images_path}: {images.shape[0]} images, "
+            f"but {labels_path} has {labels.shape[0]} labels"
+        )
+    n, rows, cols = images.shape
+
+    def records():
+        datum = caffe_pb2.Datum(channels=1, height=rows, width=cols)
+        bar = tqdm(range(n), desc="convert_mnist", unit="img", disable=None if progress else True)
+        for i in bar:
+            datum.data = images[i].tobytes()
+            datum.label = int(labels[i])
+            yield b"%08d" % i, datum.SerializeToString()
+
+    # Room for every record plus LMDB's page overhead; write_lmdb grows the map if this is short.
+    return write_lmdb(out, records(), map_size=2 * n * (rows * cols + 64), overwrite=overwrite)
+
+
+def compute_image_mean(db_path, out_path, progress: bool = True) -> numpy.ndarray:
+    """Mean of every Datum in an LMDB, written as a BlobProto (1, C, H, W) binaryproto.
+
+    Returns the mean (C, H, W).
+
+    As Caffe's compute_image_mean: pixel sums divided by the record count in float32.
+    """
+    db = DatumDB(db_path, "compute_image_mean")
+    total, shape = None, None
+    try:
+        bar = tqdm(
+            db.items(),
+            total=db.size,
+            desc="compute_image_mean",
+            unit="img",
+            disable=None if progress else True,
+        )
+        for key, value in bar:
+            where = f"{db.path} key {key.decode(errors='replace')!r}"
+            pixels, _ = decode_datum(value, where)
+            if total is None:
+                shape, total = pixels.shape, numpy.zeros(pixels.shape, numpy.float64)
+            elif pixels.shape != shape:
+                raise DataError(f"{where}: shape {pixels.shape} differs from the first {shape}")
+            total += pixels
+        count = db.size
+    finally:
+        db.close()
+    mean = total.astype(numpy.float32) / numpy.float32(count)
+    blob = caffe_pb2.BlobProto(num=1, channels=shape[0], height=shape[1], width=shape[2])
+    blob.data.extend(mean.reshape(-1).tolist())
+    write_atomic(out_path, blob.SerializeToString())
+    for c in range(shape[0]):
+        log.info("mean_value channel [%d]: %g", c, float(mean[c].mean()))
+    return mean

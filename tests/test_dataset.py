@@ -1,0 +1,292 @@
+"""IDX reading, convert_mnist, LMDB writing, compute_image_mean and the batch Transformer."""
+
+import gzip
+import itertools
+import struct
+
+import lmdb
+import numpy
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+from geeps_net.dataset import (
+    DatumDB,
+    compute_image_mean,
+    convert_mnist,
+    decode_datum,
+    encode_datum,
+    read_idx,
+    write_lmdb,
+)
+from geeps_net.errors import DataError
+from geeps_net.proto import caffe_pb2
+from geeps_net.transform import Transformer, read_mean_file
+
+TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
+
+
+def write_idx(path, array, magic, gz=False):
+    """An IDX file written by hand: big-endian magic, dims, then the uint8 bytes."""
+    raw = struct.pack(">i", magic) + struct.pack(f">{array.ndim}i", *array.shape) + array.tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
+
+
+def mnist_files(tmp_path, n=7, rows=4, cols=3, gz=True, seed=0):
+    rng = numpy.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, rows, cols), dtype=numpy.uint8)
+    labels = rng.integers(0, 10, n, dtype=numpy.uint8)
+    suffix = ".gz" if gz else ""
+    return (
+        write_idx(tmp_path / f"img-idx3-ubyte{suffix}", images, 2051, gz),
+        write_idx(tmp_path / f"lbl-idx1-ubyte{suffix}", labels, 2049, gz),
+        images,
+        labels,
+    )
+
+
+def read_all(path):
+    with lmdb.open(str(path), readonly=True, lock=False) as env, env.begin() as txn:
+        return list(txn.cursor())
+
+
+def caffe_datum_bytes(pixels, label, rows, cols):
+    """Datum as protobuf's wire format lays it out (fields 1-5 in order), written by hand."""
+
+    def varint(v):
+        out = b""
+        while True:
+            byte, v = v & 0x7F, v >> 7
+            out += bytes([byte | (0x80 if v else 0)])
+            if not v:
+                return out
+
+    data = pixels.tobytes()
+    return (
+        b"\x08\x01\x10" + varint(rows) + b"\x18" + varint(cols)
+        + b"\x22" + varint(len(data)) + data + b"\x28" + varint(label)
+    )  # fmt: skip
+
+
+# -- IDX and convert_mnist ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_convert_mnist_round_trip(tmp_path, gz):
+    images_path, labels_path, images, labels = mnist_files(tmp_path, gz=gz)
+    out = tmp_path / "db"
+    assert convert_mnist(images_path, labels_path, out, progress=False) == len(images)
+    records = read_all(out)
+    assert [k for k, _ in records] == [b"%08d" % i for i in range(len(images))]
+    for i, (_, value) in enumerate(records):
+        assert value == caffe_datum_bytes(images[i], int(labels[i]), 4, 3)  # Caffe's bytes exactly
+        datum = caffe_pb2.Datum.FromString(value)
+        assert (datum.channels, datum.height, datum.width, datum.label) == (1, 4, 3, labels[i])
+        pixels, label = decode_datum(value)
+        assert_array_equal(pixels, images[i][None])
+        assert label == labels[i]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left
+
+
+def test_read_idx_gz_and_raw_agree(tmp_path):
+    a = numpy.arange(24, dtype=numpy.uint8).reshape(2, 3, 4)
+    gz = read_idx(write_idx(tmp_path / "a.gz", a, 2051, gz=True), 2051)
+    raw = read_idx(write_idx(tmp_path / "a", a, 2051), 2051)
+    assert_array_equal(gz, a)
+    assert_array_equal(raw, a)
+
+
+def test_bad_magic_names_the_file(tmp_path):
+    images_path, labels_path, *_ = mnist_files(tmp_path)
+    with pytest.raises(DataError, match=r"lbl-idx1-ubyte.gz: IDX magic number 2049, expected 2051"):
+        convert_mnist(labels_path, images_path, tmp_path / "db", progress=False)
+    assert not (tmp_path / "db").exists()
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_truncated_file(tmp_path, gz):
+    images_path, labels_path, *_ = mnist_files(tmp_path, gz=gz)
+    raw = images_path.read_bytes()
+    images_path.write_bytes(raw[: len(raw) - 5])
+    with pytest.raises(DataError, match=r"img-idx3-ubyte.*truncated") as info:
+        convert_mnist(images_path, labels_path, tmp_path / "db", progress=False)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "db").exists()
+
+
+def test_count_mismatch(tmp_path):
+    images_path, _, _, labels = mnist_files(tmp_path, gz=False)
+    short = write_idx(tmp_path / "short", labels[:-1], 2049)
+    with pytest.raises(DataError, match=r"7 images, but .*short has 6 labels"):
+        convert_mnist(images_path, short, tmp_path / "db", progress=False)
+
+
+def test_missing_input(tmp_path):
+    with pytest.raises(DataError, match=r"nothing.gz: cannot read"):
+        read_idx(tmp_path / "nothing.gz")
+
+
+def test_refuses_to_overwrite_unless_asked(tmp_path):
+    images_path, labels_path, images, _ = mnist_files(tmp_path)
+    out = tmp_path / "db"
+    convert_mnist(images_path, labels_path, out, progress=False)
+    with pytest.raises(DataError, match="already exists"):
+        convert_mnist(images_path, labels_path, out, progress=False)
+    images_path, labels_path, images, _ = mnist_files(tmp_path, n=3, seed=1)
+    assert convert_mnist(images_path, labels_path, out, progress=False, overwrite=True) == 3
+    assert len(read_all(out)) == 3
+
+
+def test_failure_leaves_nothing_half_written(tmp_path):
+    def records():
+        for i in range(2500):  # fails after two committed chunks
+            if i == 2100:
+                raise RuntimeError("disk on fire")
+            yield b"%08d" % i, b"x" * 10
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_lmdb(tmp_path / "db", records())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_map_grows_when_full(tmp_path):
+    records = ((b"%08d" % i, bytes(40_000)) for i in range(100))  # 4 MB into a 1 MB map
+    assert write_lmdb(tmp_path / "db", records, map_size=1) == 100
+    assert len(read_all(tmp_path / "db")) == 100
+
+
+def test_leveldb_backend_declined(tmp_path):
+    images_path, labels_path, *_ = mnist_files(tmp_path)
+    with pytest.raises(DataError, match="leveldb"):
+        convert_mnist(images_path, labels_path, tmp_path / "db", backend="leveldb")
+
+
+# -- Datum and mean file --------------------------------------------------------------------------
+
+
+def test_datum_float_data_and_corrupt():
+    x = numpy.arange(6, dtype=numpy.float32).reshape(1, 2, 3) / 4
+    pixels, label = decode_datum(encode_datum(x, 5))
+    assert_array_equal(pixels, x)
+    assert label == 5
+    with pytest.raises(DataError, match="k7: corrupt record"):
+        decode_datum(b"\xff\xff\xff", "k7")
+    short = caffe_pb2.Datum(channels=1, height=2, width=3, data=b"12345").SerializeToString()
+    with pytest.raises(DataError, match=r"5 values for shape \(1, 2, 3\)"):
+        decode_datum(short)
+
+
+def test_compute_image_mean(tmp_path):
+    rng = numpy.random.default_rng(3)
+    items = rng.integers(0, 256, (5, 3, 2, 4), dtype=numpy.uint8)
+    write_lmdb(tmp_path / "db", ((b"%08d" % i, encode_datum(x, i)) for i, x in enumerate(items)))
+    mean = compute_image_mean(tmp_path / "db", tmp_path / "mean.binaryproto", progress=False)
+    expected = items.astype(numpy.float64).sum(0) / 5
+    assert_allclose(mean, expected, rtol=1e-6)
+    blob = caffe_pb2.BlobProto.FromString((tmp_path / "mean.binaryproto").read_bytes())
+    assert (blob.num, blob.channels, blob.height, blob.width) == (1, 3, 2, 4)
+    assert_allclose(read_mean_file(tmp_path / "mean.binaryproto"), expected, rtol=1e-6)
+
+
+def test_datum_db_shared_and_missing(tmp_path):
+    write_lmdb(tmp_path / "db", [(b"a", encode_datum(numpy.zeros((1, 1, 1), numpy.uint8), 0))])
+    first, second = DatumDB(tmp_path / "db"), DatumDB(tmp_path / "db")  # one env per process
+    first.close()
+    assert second.first()[0] == b"a"
+    second.close()
+    with pytest.raises(DataError, match=r"who: source .*nope: no such file"):
+        DatumDB(tmp_path / "nope", "who")
+
+
+# -- Transformer ----------------------------------------------------------------------------------
+
+
+def transform_param(**fields):
+    return caffe_pb2.TransformationParameter(**fields)
+
+
+def caffe_item(x, mean, scale, crop, h_off, w_off, mirror):
+    """Caffe's DataTransformer::Transform for one item, element by element."""
+    c_n, h_n, w_n = x.shape
+    height, width = (crop, crop) if crop else (h_n, w_n)
+    out = numpy.zeros((c_n, height, width))
+    for c, h, w in itertools.product(range(c_n), range(height), range(width)):
+        m = 0.0 if mean is None else (mean[c, h_off + h, w_off + w] if mean.ndim == 3 else mean[c])
+        out[c, h, width - 1 - w if mirror else w] = (x[c, h_off + h, w_off + w] - m) * scale
+    return out
+
+
+@pytest.fixture
+def batch():
+    return numpy.random.default_rng(7).integers(0, 256, (12, 2, 5, 6), dtype=numpy.uint8)
+
+
+@pytest.fixture
+def mean_file(tmp_path):
+    mean = numpy.random.default_rng(8).uniform(0, 255, (2, 5, 6)).astype(numpy.float32)
+    blob = caffe_pb2.BlobProto(num=1, channels=2, height=5, width=6, data=mean.reshape(-1))
+    path = tmp_path / "mean.binaryproto"
+    path.write_bytes(blob.SerializeToString())
+    return str(path), mean
+
+
+def test_transform_test_phase_centre_crop_no_mirror(batch, mean_file):
+    path, mean = mean_file
+    param = transform_param(crop_size=3, mirror=True, scale=0.5, mean_file=path)
+    t = Transformer(param, TEST, numpy.random.default_rng(0), "float64")
+    out = t(batch)
+    assert out.shape == (12, 2, 3, 3)
+    for i, x in enumerate(batch):  # centre: ((5-3)//2, (6-3)//2) = (1, 1); TEST never mirrors
+        assert_allclose(out[i], caffe_item(x, mean, 0.5, 3, 1, 1, False), rtol=1e-6)
+
+
+@pytest.mark.parametrize("crop", [0, 4])
+def test_transform_train_random_crop_and_mirror(batch, mean_file, crop):
+    path, mean = mean_file
+    param = transform_param(crop_size=crop, mirror=True, scale=0.25, mean_file=path)
+    out = Transformer(param, TRAIN, numpy.random.default_rng(1), "float64")(batch)
+    seen = set()
+    for i, x in enumerate(batch):  # each item is Caffe's transform for some offsets and flip
+        offsets = itertools.product(range(5 - crop + 1), range(6 - crop + 1)) if crop else [(0, 0)]
+        matches = [
+            (h, w, m)
+            for (h, w), m in itertools.product(offsets, (False, True))
+            if numpy.allclose(out[i], caffe_item(x, mean, 0.25, crop, h, w, m), rtol=1e-6)
+        ]
+        assert matches, f"item {i} is no crop/mirror of its input"
+        seen.update(matches)
+    assert {m for *_, m in seen} == {False, True}  # p = 0.5 over 12 items
+    if crop:
+        assert len({(h, w) for h, w, _ in seen}) > 2
+
+
+def test_transform_same_seed_same_batch(batch):
+    param = transform_param(crop_size=3, mirror=True)
+    a = Transformer(param, TRAIN, numpy.random.default_rng(5))(batch)
+    b = Transformer(param, TRAIN, numpy.random.default_rng(5))(batch)
+    assert a.dtype == numpy.float32
+    assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("values", [[10.0], [10.0, 20.0]])
+def test_transform_mean_value(batch, values):
+    param = transform_param(mean_value=values, scale=2.0)
+    out = Transformer(param, TRAIN, numpy.random.default_rng(0), "float64")(batch)
+    mean = numpy.array(values * (2 // len(values)))
+    for i, x in enumerate(batch):
+        assert_allclose(out[i], caffe_item(x, mean, 2.0, 0, 0, 0, False))
+
+
+def test_transform_errors(batch, mean_file, tmp_path):
+    path, _ = mean_file
+    rng = numpy.random.default_rng(0)
+    with pytest.raises(DataError, match="both mean_file and mean_value"):
+        Transformer(transform_param(mean_file=path, mean_value=[1]), TRAIN, rng)
+    with pytest.raises(DataError, match=r"3 mean_value\(s\) for 2 channels"):
+        Transformer(transform_param(mean_value=[1, 2, 3]), TRAIN, rng)(batch)
+    with pytest.raises(DataError, match=r"crop_size 6 is larger than the data \(5 x 6\)"):
+        Transformer(transform_param(crop_size=6), TEST, rng)(batch)
+    with pytest.raises(DataError, match=r"mean shape \(2, 5, 6\) differs from the data's"):
+        Transformer(transform_param(mean_file=path), TEST, rng)(batch[:, :, :4])
+    with pytest.raises(DataError, match="missing.binaryproto: cannot read"):
+        Transformer(transform_param(mean_file=str(tmp_path / "missing.binaryproto")), TEST, rng)
