@@ -169,3 +169,30 @@ def check_gradient(
             )
             checked += 1
     return checked
+
+
+def check_backward_reads(xp, layer: Layer, inputs, *, params=None, seed: int = 1701) -> None:
+    """Assert that backward reads no more than `layer.backward_reads` declares.
+
+    Runs forward and backward in float64, then fills the bottom data and/or top data the layer says
+    its backward does not read with NaN (as if the PS had dropped them), runs backward again and
+    requires the same bottom and param diffs.
+    """
+    rng = numpy.random.default_rng(seed)
+    inputs = [rng.standard_normal(x) if isinstance(x, tuple) else numpy.asarray(x) for x in inputs]
+    rig = LayerRig(xp, layer, inputs, "float64", params)
+    top_diffs = [rng.standard_normal(o.shape) for o in rig.forward()]
+    propagate = [layer.allow_force_backward(i) for i in range(len(inputs))]
+    want = rig.backward(top_diffs, propagate) + rig.param_diffs()
+    shared = [b for b in rig.bottoms if b in rig.tops]  # in place: data is both
+    if "bottom_data" not in layer.backward_reads:
+        for blob in rig.bottoms:
+            if blob not in shared:
+                blob.data[...] = numpy.nan
+    if "top_data" not in layer.backward_reads:
+        for blob in rig.tops:
+            if blob not in shared:
+                blob.data[...] = numpy.nan
+    got = rig.backward(top_diffs, propagate) + rig.param_diffs()
+    for i, (a, b) in enumerate(zip(want, got, strict=True)):
+        numpy.testing.assert_array_equal(b, a, err_msg=f"{layer.type}: diff {i} changed")

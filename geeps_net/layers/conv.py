@@ -1,0 +1,309 @@
+"""Convolution, Deconvolution and Im2col: N-d, grouped, dilated; batched GEMMs over im2col columns.
+
+Shapes: bottom (*outer, C, *in) with the channel axis at `axis`; the outer axes are flattened into
+a batch of N images. Convolution weight (num_output, C/group, *kernel); Deconvolution weight
+(C, num_output/group, *kernel); bias (num_output). Each bottom i gives top i, with shared weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+from geeps_net.layer import Layer, register
+from geeps_net.layers.im2col import batch_chunks, col2im, conv_geometry, im2col, window_view
+
+_HW_FIELDS = {"kernel_size": "kernel", "pad": "pad", "stride": "stride"}
+
+
+def spatial_values(layer: Layer, param, field: str, num_spatial: int, default: int | None):
+    """Caffe's reading of a repeated spatial field (kernel_size, pad, stride, dilation).
+
+    One value applies to every spatial axis, else one per axis; `<name>_h`/`<name>_w` are the 2-D
+    spelling (kernel_h, pad_h, stride_h) and exclude the repeated form. `default` None = required.
+    """
+    values = list(getattr(param, field))
+    base = _HW_FIELDS.get(field)
+    if base and (param.HasField(f"{base}_h") or param.HasField(f"{base}_w")):
+        if num_spatial != 2:
+            raise layer.error(f"{base}_h & {base}_w can only be used for 2-D convolution")
+        if values:
+            raise layer.error(f"either {field} or {base}_h/w should be specified; not both")
+        return (getattr(param, f"{base}_h"), getattr(param, f"{base}_w"))
+    if not values and default is not None:
+        return (default,) * num_spatial
+    if len(values) not in (1, num_spatial):
+        raise layer.error(
+            f"{field} must be specified once, or once per spatial dimension "
+            f"({field} specified {len(values)} times; {num_spatial} spatial dims)"
+        )
+    return tuple(values * num_spatial if len(values) == 1 else values)
+
+
+class _ConvGeometryLayer(Layer):
+    """Reads convolution_param's axis and spatial fields; computes the geometry in reshape."""
+
+    def _read_spatial(self, bottoms) -> None:
+        p = self.layer_param.convolution_param
+        try:
+            self.axis = bottoms[0].canonical_axis(p.axis)
+        except ValueError as e:
+            raise self.error(str(e)) from None
+        self.num_spatial = bottoms[0].num_axes - self.axis - 1
+        self.kernel = spatial_values(self, p, "kernel_size", self.num_spatial, None)
+        if any(k <= 0 for k in self.kernel):
+            raise self.error(f"filter dimensions must be nonzero, got {self.kernel}")
+        self.stride = spatial_values(self, p, "stride", self.num_spatial, 1)
+        if any(s <= 0 for s in self.stride):
+            raise self.error(f"stride dimensions must be nonzero, got {self.stride}")
+        self.pad = spatial_values(self, p, "pad", self.num_spatial, 0)
+        self.dilation = spatial_values(self, p, "dilation", self.num_spatial, 1)
+        self.channels = bottoms[0].shape[self.axis]
+
+    def _check_bottoms(self, bottoms) -> tuple[int, ...]:
+        """The common bottom shape, checked against setup; returns the spatial input size."""
+        shape = bottoms[0].shape
+        if len(shape) != self.axis + 1 + self.num_spatial:
+            raise self.error(f"bottom num_axes may not change: got shape {shape}")
+        if shape[self.axis] != self.channels:
+            raise self.error(
+                f"input size incompatible with convolution kernel: bottom has "
+                f"{shape[self.axis]} channels, the layer was set up for {self.channels}"
+            )
+        for b in bottoms[1:]:
+            if b.shape != shape:
+                raise self.error(f"all bottoms must have the same shape: {shape} vs {b.shape}")
+        self.num = math.prod(shape[: self.axis])
+        return shape[self.axis + 1 :]
+
+    def _geometry(self, in_size):
+        try:
+            return conv_geometry(in_size, self.kernel, self.pad, self.stride, self.dilation)
+        except ValueError as e:
+            raise self.error(str(e)) from None
+
+
+class BaseConvolutionLayer(_ConvGeometryLayer):
+    """Shared setup of Convolution and Deconvolution: options, groups, learnable blobs."""
+
+    num_bottoms = (1, None)
+    num_tops = (1, None)
+    backward_reads = frozenset({"bottom_data", "top_diff"})
+    reverse = False  # Deconvolution: the weights map top channels back onto bottom channels
+
+    def setup(self, bottoms, tops):
+        if len(tops) != len(bottoms):
+            raise self.error(
+                f"needs one top per bottom, got {len(bottoms)} bottoms, {len(tops)} tops"
+            )
+        p = self.layer_param.convolution_param
+        self._read_spatial(bottoms)
+        self.num_output, self.group, self.bias_term = p.num_output, p.group, p.bias_term
+        if self.num_output <= 0:
+            raise self.error("num_output must be specified and positive")
+        if self.group <= 0 or self.channels % self.group or self.num_output % self.group:
+            raise self.error(
+                f"channels ({self.channels}) and num_output ({self.num_output}) "
+                f"must be multiples of group ({self.group})"
+            )
+        rows, cols = self.num_output, self.channels
+        if self.reverse:
+            rows, cols = cols, rows
+        self.add_param((rows, cols // self.group) + self.kernel, p.weight_filler)
+        if self.bias_term:
+            self.add_param((self.num_output,), p.bias_filler)
+
+    def _weights(self, which: str = "data"):
+        """Weights (or their diff) as (group, rows/group, cols/group · K)."""
+        w = getattr(self.blobs[0], which)
+        return w.reshape(self.group, w.shape[0] // self.group, -1)
+
+    def _add_bias(self, y) -> None:
+        """y (N, num_output, P) += bias per output channel."""
+        if self.bias_term:
+            y += self.blobs[1].data.reshape(-1, 1)
+
+    def _bias_diff(self, y_diff) -> None:
+        """bias diff += y_diff (N, num_output, P) summed over images and positions."""
+        if self.bias_term:
+            self.blobs[1].diff += y_diff.sum(axis=(0, 2))
+
+
+@register("Convolution")
+class ConvolutionLayer(BaseConvolutionLayer):
+    """top = W ⋆ bottom + b per group: one GEMM (num_output × C·K/group) × (C·K/group × N·P).
+
+    Output size per axis: (in + 2·pad − (dilation·(k − 1) + 1)) // stride + 1.
+    """
+
+    def reshape(self, bottoms, tops):
+        in_size = self._check_bottoms(bottoms)
+        self.geom = self._geometry(in_size)
+        self.flip_geom = self._transposed_geometry()
+        shape = bottoms[0].shape[: self.axis] + (self.num_output,) + self.geom.out_size
+        for top in tops:
+            top.reshape(shape)
+
+    def _transposed_geometry(self):
+        """With stride 1 the data gradient is itself a convolution: dy padded by extent − 1 − pad,
+        correlated with the flipped kernel. Its geometry, or None when col2im is the better way."""
+        g = self.geom
+        pads = tuple(d * (k - 1) - p for k, d, p in zip(g.kernel, g.dilation, g.pad, strict=True))
+        if any(s != 1 for s in g.stride) or any(p < 0 for p in pads):
+            return None
+        # The copy reads O·K·P_in elements where col2im adds C·K·P; an add costs about 3 copies.
+        if self.num_output * math.prod(g.in_size) > 2 * self.channels * g.out_count:
+            return None
+        return conv_geometry(g.out_size, g.kernel, pads, g.stride, g.dilation)
+
+    def _chunks(self, xp):
+        g = self.geom
+        per_image = max(self.channels * g.out_count, self.num_output * math.prod(g.in_size))
+        return batch_chunks(xp, self.num, per_image * g.kernel_count)
+
+    def _columns(self, xp, x):
+        """(group, C·K/group, n·P) columns of images x (n, C, *in)."""
+        return im2col(xp, x, self.geom).reshape(self.group, -1, x.shape[0] * self.geom.out_count)
+
+    def forward(self, xp, bottoms, tops):
+        g, out_count, w = self.geom, self.geom.out_count, self._weights()
+        for bottom, top in zip(bottoms, tops, strict=True):
+            x = bottom.data.reshape((self.num, self.channels) + g.in_size)
+            y = top.data.reshape(self.num, self.num_output, out_count)
+            for n0, n1 in self._chunks(xp):
+                prod = xp.matmul(w, self._columns(xp, x[n0:n1]))  # (group, O/group, n·P)
+                y[n0:n1] = prod.reshape(self.num_output, n1 - n0, out_count).swapaxes(0, 1)
+            self._add_bias(y)
+
+    def backward(self, xp, tops, propagate_down, bottoms):
+        g, w_diff = self.geom, self._weights("diff")
+        w_data = self._weights().swapaxes(1, 2)
+        if self.flip_geom is not None:
+            w_data = self._flipped_weights(xp)
+        for top, down, bottom in zip(tops, propagate_down, bottoms, strict=True):
+            x = bottom.data.reshape((self.num, self.channels) + g.in_size)
+            dy = top.diff.reshape((self.num, self.num_output) + g.out_size)
+            self._bias_diff(dy.reshape(self.num, self.num_output, -1))
+            for n0, n1 in self._chunks(xp):
+                n = n1 - n0
+                dy_t = xp.ascontiguousarray(dy[n0:n1].swapaxes(0, 1))
+                dy_t = dy_t.reshape(self.group, -1, n * g.out_count)  # (group, O/group, n·P)
+                w_diff += xp.matmul(dy_t, self._columns(xp, x[n0:n1]).swapaxes(1, 2))
+                if down:
+                    dx = bottom.diff.reshape(x.shape)[n0:n1]
+                    self._data_diff(xp, w_data, dy[n0:n1], dy_t, dx)
+
+    def _flipped_weights(self, xp):
+        """(group, C/group, O/group · K): the kernel reversed, in and out channels swapped."""
+        o_g, c_g = self.num_output // self.group, self.channels // self.group
+        w = self.blobs[0].data.reshape(self.group, o_g, c_g, -1)[..., ::-1]
+        return xp.ascontiguousarray(w.swapaxes(1, 2)).reshape(self.group, c_g, -1)
+
+    def _data_diff(self, xp, w_data, dy, dy_t, dx) -> None:
+        """dx (n, C, *in) from dy (n, O, *out). Stride 1: the flipped-kernel convolution of dy
+        (one im2col copy, faster than col2im's strided adds); else col2im of Wᵀ·dy."""
+        n, g = dx.shape[0], self.geom
+        if self.flip_geom is not None:
+            col = im2col(xp, dy, self.flip_geom)  # (O, *kernel, n, *in)
+            prod = xp.matmul(w_data, col.reshape(self.group, -1, n * self.flip_geom.out_count))
+            dx = dx.reshape(n, self.channels, -1)
+            dx[...] = prod.reshape(self.channels, n, -1).swapaxes(0, 1)
+        else:
+            dcol = xp.matmul(w_data, dy_t)  # (group, C·K/group, n·P)
+            col2im(xp, dcol.reshape((self.channels,) + g.kernel + (n,) + g.out_size), g, dx)
+
+
+@register("Deconvolution")
+class DeconvolutionLayer(BaseConvolutionLayer):
+    """The transpose of Convolution: top = col2im(Wᵀ · bottom) + b.
+
+    Output size per axis: stride·(in − 1) + dilation·(k − 1) + 1 − 2·pad.
+    """
+
+    reverse = True
+
+    def reshape(self, bottoms, tops):
+        in_size = self._check_bottoms(bottoms)
+        out_size = tuple(
+            s * (n - 1) + d * (k - 1) + 1 - 2 * p
+            for n, k, p, s, d in zip(
+                in_size, self.kernel, self.pad, self.stride, self.dilation, strict=True
+            )
+        )
+        if any(o <= 0 for o in out_size):
+            raise self.error(f"output size {out_size} is not positive for input {in_size}")
+        self.in_size = in_size
+        self.geom = self._geometry(out_size)  # the convolution whose transpose this is
+        shape = bottoms[0].shape[: self.axis] + (self.num_output,) + out_size
+        for top in tops:
+            top.reshape(shape)
+
+    def _chunks(self, xp):
+        per_image = self.num_output * self.geom.kernel_count * self.geom.out_count
+        return batch_chunks(xp, self.num, per_image)
+
+    def _channels_first(self, xp, x):
+        """Images x (n, C, *in) as (group, C/group, n·P_in), a contiguous copy."""
+        return xp.ascontiguousarray(x.swapaxes(0, 1)).reshape(
+            self.group, -1, x.shape[0] * self.geom.out_count
+        )
+
+    def forward(self, xp, bottoms, tops):
+        g, w = self.geom, self._weights()
+        for bottom, top in zip(bottoms, tops, strict=True):
+            x = bottom.data.reshape((self.num, self.channels) + self.in_size)
+            y = top.data.reshape((self.num, self.num_output) + g.in_size)
+            for n0, n1 in self._chunks(xp):
+                dcol = xp.matmul(w.swapaxes(1, 2), self._channels_first(xp, x[n0:n1]))
+                dcol = dcol.reshape((self.num_output,) + g.kernel + (n1 - n0,) + g.out_size)
+                col2im(xp, dcol, g, y[n0:n1])
+            self._add_bias(y.reshape(self.num, self.num_output, -1))
+
+    def backward(self, xp, tops, propagate_down, bottoms):
+        g, w, w_diff = self.geom, self._weights(), self._weights("diff")
+        for top, down, bottom in zip(tops, propagate_down, bottoms, strict=True):
+            x = bottom.data.reshape((self.num, self.channels) + self.in_size)
+            dy = top.diff.reshape((self.num, self.num_output) + g.in_size)
+            self._bias_diff(dy.reshape(self.num, self.num_output, -1))
+            dx = bottom.diff.reshape(self.num, self.channels, -1) if down else None
+            for n0, n1 in self._chunks(xp):
+                n = n1 - n0
+                col = im2col(xp, dy[n0:n1], g).reshape(self.group, -1, n * g.out_count)
+                w_diff += xp.matmul(self._channels_first(xp, x[n0:n1]), col.swapaxes(1, 2))
+                if down:
+                    prod = xp.matmul(w, col)  # (group, C/group, n·P_in)
+                    dx[n0:n1] = prod.reshape(self.channels, n, -1).swapaxes(0, 1)
+
+
+@register("Im2col")
+class Im2colLayer(_ConvGeometryLayer):
+    """top (*outer, C·K, *out): the patch matrix of convolution_param's kernel/pad/stride/dilation.
+
+    Channel index of top = c·K + flat kernel offset, as Caffe's im2col orders rows.
+    """
+
+    backward_reads = frozenset({"top_diff"})
+
+    def setup(self, bottoms, tops):
+        self._read_spatial(bottoms)
+
+    def reshape(self, bottoms, tops):
+        self.geom = self._geometry(self._check_bottoms(bottoms))
+        kc = self.channels * self.geom.kernel_count
+        tops[0].reshape(bottoms[0].shape[: self.axis] + (kc,) + self.geom.out_size)
+
+    def _top_view(self, blob, which: str):
+        """Top data/diff as (N, C, *kernel, *out)."""
+        return getattr(blob, which).reshape(
+            (self.num, self.channels) + self.geom.kernel + self.geom.out_size
+        )
+
+    def forward(self, xp, bottoms, tops):
+        x = bottoms[0].data.reshape((self.num, self.channels) + self.geom.in_size)
+        cols = window_view(xp, x, self.geom)  # (C, *kernel, N, *out)
+        self._top_view(tops[0], "data")[...] = xp.moveaxis(cols, 1 + self.num_spatial, 0)
+
+    def backward(self, xp, tops, propagate_down, bottoms):
+        if propagate_down[0]:
+            dcol = xp.moveaxis(self._top_view(tops[0], "diff"), 0, 1 + self.num_spatial)
+            dx = bottoms[0].diff.reshape((self.num, self.channels) + self.geom.in_size)
+            col2im(xp, dcol, self.geom, dx)

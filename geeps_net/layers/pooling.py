@@ -1,0 +1,363 @@
+"""Pooling (MAX, AVE) and SPP by strided slices: loops run over window offsets, never over pixels.
+
+Caffe's geometry: out = ceil((in + 2·pad − kernel) / stride) + 1 (floor with round_mode FLOOR);
+when any pad is set, a last window that would start inside the right/bottom padding is dropped.
+MAX windows are clipped to the input (padding never wins); AVE sums over the clipped window but
+divides by the window clipped to the padded input, [start, min(start + kernel, in + pad)).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy
+
+from geeps_net.layer import Layer, enum_name, register
+from geeps_net.layers.im2col import window_range
+from geeps_net.proto import caffe_pb2
+
+FLT_MAX = float(numpy.finfo(numpy.float32).max)  # Caffe starts every MAX window at -FLT_MAX
+CPU_POOL_BLOCK = 1 << 18  # elements of the largest array per block on the CPU (1 MiB in float32)
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """2-D pooling geometry: (h, w) kernel, pad, stride, input size and output size."""
+
+    kernel: tuple[int, int]
+    pad: tuple[int, int]
+    stride: tuple[int, int]
+    in_size: tuple[int, int]
+    out_size: tuple[int, int]
+
+    @property
+    def whole(self) -> bool:
+        """One window that is exactly the input: reduce over the plane directly."""
+        return self.out_size == (1, 1) and self.kernel == self.in_size and self.pad == (0, 0)
+
+    def ranges(self, axis: int, offset: int):
+        """window_range along spatial `axis` (0 = h, 1 = w) for kernel offset `offset`."""
+        return window_range(
+            offset, self.in_size[axis], self.pad[axis], self.stride[axis], self.out_size[axis]
+        )
+
+    def offsets(self):
+        """(k, (lo_h, hi_h, rows), (lo_w, hi_w, cols)) per kernel offset k that reads the input."""
+        for k, (i, j) in enumerate(itertools.product(*map(range, self.kernel))):
+            rh, rw = self.ranges(0, i), self.ranges(1, j)
+            if rh[2] is not None and rw[2] is not None:
+                yield k, rh, rw
+
+
+def pool_geometry(in_size, kernel, pad, stride, ceil_mode: bool = True) -> PoolGeometry:
+    """Caffe's PoolingLayer::Reshape output size, including the drop of a window in the padding."""
+    rounding = math.ceil if ceil_mode else math.floor
+    out = [
+        int(rounding((n + 2 * p - k) / s)) + 1
+        for n, k, p, s in zip(in_size, kernel, pad, stride, strict=True)
+    ]
+    if any(pad):
+        out = [
+            o - 1 if (o - 1) * s >= n + p else o
+            for o, n, p, s in zip(out, in_size, pad, stride, strict=True)
+        ]
+    return PoolGeometry(tuple(kernel), tuple(pad), tuple(stride), tuple(in_size), tuple(out))
+
+
+def mask_dtype(geom: PoolGeometry):
+    """Smallest signed integer type holding a window offset (0..K−1) or −1."""
+    return numpy.min_scalar_type(-math.prod(geom.kernel))
+
+
+def _blocks(num: int, channels: int, plane: int, budget: int):
+    """(images, channels) index pairs that cut (N, C, plane) into blocks of ~`budget` elements."""
+    if channels * plane <= budget:
+        step = budget // (channels * plane)
+        return [(slice(n, n + step), slice(None)) for n in range(0, num, step)]
+    step = max(1, budget // plane)
+    return [
+        (slice(n, n + 1), slice(c, c + step)) for n in range(num) for c in range(0, channels, step)
+    ]
+
+
+def _blockwise(kernel):
+    """Run a pooling kernel block by block over images and channels: every array argument is
+    (N, C, ...) and windows never cross planes. On the CPU, blocks of CPU_POOL_BLOCK elements of
+    the largest array keep the working set in cache (measured 2x faster on large inputs); a GPU
+    takes the whole batch at once."""
+
+    @functools.wraps(kernel)
+    def run(xp, *args, **kwargs):
+        arrays = [i for i, a in enumerate(args) if hasattr(a, "shape")]
+        largest = max((args[i] for i in arrays), key=lambda a: a.size)
+        if xp is not numpy or largest.size <= CPU_POOL_BLOCK:
+            return kernel(xp, *args, **kwargs)
+        num, channels = largest.shape[:2]
+        plane = max(largest.size // (num * channels), 1)
+        for block in _blocks(num, channels, plane, CPU_POOL_BLOCK):
+            kernel(xp, *(a[block] if i in arrays else a for i, a in enumerate(args)), **kwargs)
+
+    return run
+
+
+def _sub(a, rh, rw):
+    """Output-side sub-block a[..., lo_h:hi_h, lo_w:hi_w]."""
+    return a[..., rh[0] : rh[1], rw[0] : rw[1]]
+
+
+@_blockwise
+def max_pool_forward(xp, x, geom: PoolGeometry, y, mask) -> None:
+    """y (N, C, oh, ow) = window maxima of x (N, C, H, W); mask = window offset of the maximum.
+
+    As in Caffe, a window starts at −FLT_MAX with mask −1 and takes an element only when it is
+    strictly greater (ties keep the first in row-major order; NaN never wins). Branch-free updates:
+    masked copies with data-dependent masks are several times slower.
+    """
+    if geom.whole:
+        plane = x.reshape(x.shape[:2] + (-1,))
+        mask[..., 0, 0] = plane.argmax(axis=-1)
+        y[..., 0, 0] = plane.max(axis=-1)
+        return
+    y[...] = -FLT_MAX
+    mask[...] = -1
+    for k, rh, rw in geom.offsets():
+        v = x[..., rh[2], rw[2]]
+        y_sub, m_sub = _sub(y, rh, rw), _sub(mask, rh, rw)
+        better = v > y_sub
+        xp.fmax(y_sub, v, out=y_sub)  # = where(better, v, y_sub): y_sub is never NaN
+        step = xp.subtract(k, m_sub, dtype=m_sub.dtype)
+        step *= better
+        m_sub += step  # mask = k where better
+
+
+@_blockwise
+def max_pool_backward(xp, dy, mask, geom: PoolGeometry, dx, accumulate: bool = False) -> None:
+    """dx (N, C, H, W), contiguous, (+)= dy routed to the argmax recorded in mask."""
+    if not accumulate:
+        dx[...] = 0
+    if geom.whole:
+        rows = dx.reshape(-1, dx.shape[2] * dx.shape[3])
+        picks = mask.reshape(-1).astype(xp.int64)
+        rows[xp.arange(rows.shape[0]), picks] += dy.reshape(-1)
+        return
+    for k, rh, rw in geom.offsets():
+        dx[..., rh[2], rw[2]] += _sub(dy, rh, rw) * (_sub(mask, rh, rw) == k)
+
+
+def max_pool_mask_top(xp, mask, geom: PoolGeometry, out) -> None:
+    """Caffe's second MAX top: the argmax as flat index h·W + w in the input plane (−1: none)."""
+    kw, width = geom.kernel[1], geom.in_size[1]
+    m = mask.astype(xp.int64)
+    i, j = m // kw, m % kw
+    h0 = (xp.arange(geom.out_size[0]) * geom.stride[0] - geom.pad[0]).reshape(-1, 1)
+    w0 = xp.arange(geom.out_size[1]) * geom.stride[1] - geom.pad[1]
+    out[...] = xp.where(m >= 0, (h0 + i) * width + (w0 + j), -1)
+
+
+def _ave_divisor(xp, geom: PoolGeometry, dtype):
+    """(oh, ow) window sizes clipped to the padded input, as Caffe's pool_size."""
+    sizes = []
+    axes = zip(geom.in_size, geom.kernel, geom.pad, geom.stride, geom.out_size, strict=True)
+    for n, k, p, s, o in axes:
+        start = numpy.arange(o) * s - p
+        sizes.append(numpy.minimum(start + k, n + p) - start)
+    return xp.asarray(numpy.outer(*sizes), dtype=dtype)
+
+
+@_blockwise
+def ave_pool_forward(xp, x, geom: PoolGeometry, y) -> None:
+    """y = window sums of x / Caffe's pool_size; separable: sum along h, then along w."""
+    if geom.whole:
+        plane = x.reshape(x.shape[:2] + (-1,))
+        y[..., 0, 0] = plane.sum(axis=-1) / plane.shape[-1]
+        return
+    rows = xp.zeros(x.shape[:2] + (geom.out_size[0], x.shape[3]), dtype=x.dtype)
+    for i in range(geom.kernel[0]):
+        lo, hi, sl = geom.ranges(0, i)
+        if sl is not None:
+            rows[:, :, lo:hi] += x[:, :, sl]
+    y[...] = 0
+    for j in range(geom.kernel[1]):
+        lo, hi, sl = geom.ranges(1, j)
+        if sl is not None:
+            y[..., lo:hi] += rows[..., sl]
+    y /= _ave_divisor(xp, geom, y.dtype)
+
+
+@_blockwise
+def ave_pool_backward(xp, dy, geom: PoolGeometry, dx, accumulate: bool = False) -> None:
+    """dx (+)= dy / pool_size spread over each window's clipped input (the forward's adjoint)."""
+    if not accumulate:
+        dx[...] = 0
+    if geom.whole:
+        dx += dy / (dx.shape[2] * dx.shape[3])
+        return
+    share = dy / _ave_divisor(xp, geom, dy.dtype)
+    rows = xp.zeros(dy.shape[:3] + (dx.shape[3],), dtype=dy.dtype)
+    for j in range(geom.kernel[1]):
+        lo, hi, sl = geom.ranges(1, j)
+        if sl is not None:
+            rows[..., sl] += share[..., lo:hi]
+    for i in range(geom.kernel[0]):
+        lo, hi, sl = geom.ranges(0, i)
+        if sl is not None:
+            dx[:, :, sl] += rows[:, :, lo:hi]
+
+
+def _method(layer: Layer, param) -> str:
+    method = enum_name(param, "pool")
+    if method == "STOCHASTIC":
+        raise layer.error(
+            "pool: STOCHASTIC is not supported (Caffe itself has no CPU implementation of it)"
+        )
+    return method
+
+
+def _check_4d(layer: Layer, bottom) -> None:
+    if bottom.num_axes != 4:
+        raise layer.error(
+            f"input must have 4 axes (num, channels, height, width), got {bottom.shape}"
+        )
+
+
+@register("Pooling")
+class PoolingLayer(Layer):
+    """MAX or AVE pooling of (N, C, H, W); with MAX, a second top may take Caffe's argmax mask."""
+
+    num_tops = (1, 2)
+    backward_reads = frozenset({"top_diff"})  # MAX also reads its internal "mask"
+
+    def setup(self, bottoms, tops):
+        p = self.layer_param.pooling_param
+        self.method = _method(self, p)
+        if len(tops) > 1 and self.method != "MAX":
+            raise self.error("a second top (the argmax mask) needs pool: MAX")
+        self.global_pooling = p.global_pooling
+        self.ceil_mode = p.round_mode == caffe_pb2.PoolingParameter.CEIL
+        for name in ("pad", "stride"):  # `pad` or both `pad_h` and `pad_w`; same for stride
+            has_h, has_w = p.HasField(f"{name}_h"), p.HasField(f"{name}_w")
+            if (has_h or has_w) and (p.HasField(name) or not (has_h and has_w)):
+                raise self.error(f"{name} is {name} OR {name}_h and {name}_w are required")
+        self.pad = (p.pad_h, p.pad_w) if p.HasField("pad_h") else (p.pad, p.pad)
+        self.stride = (p.stride_h, p.stride_w) if p.HasField("stride_h") else (p.stride, p.stride)
+        if min(self.stride) <= 0:
+            raise self.error(f"stride must be positive, got {self.stride}")
+        self.kernel = self._kernel(p)
+
+    def _kernel(self, p):
+        """(kernel_h, kernel_w), or None for global pooling (the whole plane, known at reshape)."""
+        has_size = p.HasField("kernel_size")
+        has_hw = p.HasField("kernel_h") and p.HasField("kernel_w")
+        if self.global_pooling:
+            if has_size or p.HasField("kernel_h") or p.HasField("kernel_w"):
+                raise self.error("with global_pooling: true, the filter size cannot be specified")
+            if any(self.pad) or self.stride != (1, 1):
+                raise self.error("with global_pooling: true, only pad = 0 and stride = 1")
+            return None
+        if has_size == has_hw:
+            raise self.error("filter size is kernel_size OR kernel_h and kernel_w (both)")
+        kernel = (p.kernel_size,) * 2 if has_size else (p.kernel_h, p.kernel_w)
+        if min(kernel) <= 0:
+            raise self.error(f"filter dimensions cannot be zero, got {kernel}")
+        return kernel
+
+    def reshape(self, bottoms, tops):
+        _check_4d(self, bottoms[0])
+        shape = bottoms[0].shape
+        kernel = shape[2:] if self.global_pooling else self.kernel
+        if self.pad[0] >= kernel[0] or self.pad[1] >= kernel[1]:
+            raise self.error(f"pad {self.pad} must be smaller than the kernel {kernel}")
+        self.geom = pool_geometry(shape[2:], kernel, self.pad, self.stride, self.ceil_mode)
+        top_shape = shape[:2] + self.geom.out_size
+        for top in tops:
+            top.reshape(top_shape)
+        if self.method == "MAX":
+            self.add_internal("mask", top_shape, mask_dtype(self.geom))
+
+    def forward(self, xp, bottoms, tops):
+        x, y = bottoms[0].data, tops[0].data
+        if self.method == "AVE":
+            ave_pool_forward(xp, x, self.geom, y)
+            return
+        mask = self.internals["mask"].data
+        max_pool_forward(xp, x, self.geom, y, mask)
+        if len(tops) > 1:
+            max_pool_mask_top(xp, mask, self.geom, tops[1].data)
+
+    def backward(self, xp, tops, propagate_down, bottoms):
+        if not propagate_down[0]:
+            return
+        dy, dx = tops[0].diff, bottoms[0].diff
+        if self.method == "AVE":
+            ave_pool_backward(xp, dy, self.geom, dx)
+        else:
+            max_pool_backward(xp, dy, self.internals["mask"].data, self.geom, dx)
+
+
+@register("SPP")
+class SPPLayer(Layer):
+    """Spatial pyramid pooling: level l pools into about 2^l × 2^l bins (kernel = stride =
+    ceil(H / 2^l), pad = (kernel·2^l − H + 1) // 2), each flattened; levels concatenated on axis 1.
+
+    Top (N, C·Σ bins) — or (N, C, 1, 1) when pyramid_height is 1, as Caffe's single pooling layer.
+    """
+
+    backward_reads = frozenset({"top_diff"})  # MAX also reads its internal "mask<level>"
+
+    def setup(self, bottoms, tops):
+        p = self.layer_param.spp_param
+        self.method = _method(self, p)
+        self.height = p.pyramid_height
+        if self.height <= 0:
+            raise self.error("pyramid_height must be positive")
+
+    def reshape(self, bottoms, tops):
+        _check_4d(self, bottoms[0])
+        n, c, h, w = bottoms[0].shape
+        self.channels, self.levels = c, []
+        for level in range(self.height):
+            bins = 2**level
+            kernel = (math.ceil(h / bins), math.ceil(w / bins))
+            pad = tuple((k * bins - size + 1) // 2 for k, size in zip(kernel, (h, w), strict=True))
+            if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
+                raise self.error(f"level {level}: a {h}x{w} input is too small for {bins} bins")
+            geom = pool_geometry((h, w), kernel, pad, kernel)
+            self.levels.append(geom)
+            if self.method == "MAX":
+                self.add_internal(f"mask{level}", (n, c) + geom.out_size, mask_dtype(geom))
+        size = sum(c * math.prod(g.out_size) for g in self.levels)
+        tops[0].reshape((n, c, 1, 1) if self.height == 1 else (n, size))
+
+    def _level_views(self, array):
+        """(geometry, level, view (N, C, oh, ow) of the level's part of the flat top array)."""
+        flat = array.reshape(array.shape[0], -1)
+        start = 0
+        for level, geom in enumerate(self.levels):
+            stop = start + self.channels * math.prod(geom.out_size)
+            # Splitting the contiguous last axis of a slice: always a view, so writes land in array.
+            view = flat[:, start:stop].reshape(flat.shape[:1] + (self.channels,) + geom.out_size)
+            yield geom, level, view
+            start = stop
+
+    def forward(self, xp, bottoms, tops):
+        x = bottoms[0].data
+        for geom, level, y in self._level_views(tops[0].data):
+            if self.method == "AVE":
+                ave_pool_forward(xp, x, geom, y)
+            else:
+                max_pool_forward(xp, x, geom, y, self.internals[f"mask{level}"].data)
+
+    def backward(self, xp, tops, propagate_down, bottoms):
+        if not propagate_down[0]:
+            return
+        dx = bottoms[0].diff
+        dx[...] = 0
+        for geom, level, dy in self._level_views(tops[0].diff):
+            if self.method == "AVE":
+                ave_pool_backward(xp, dy, geom, dx, accumulate=True)
+            else:
+                mask = self.internals[f"mask{level}"].data
+                max_pool_backward(xp, dy, mask, geom, dx, accumulate=True)
