@@ -46,4 +46,4 @@ class WireError(PsError):
 
 
 class PeerLost(PsError):
-    """A peer that stopped sending: `worker 2 (URL): no heartbeat for 30.0 s; its last clock was 41`."""
+    """A silent peer: `worker 2 (URL): no heartbeat for 30.0 s; its last clock was 41`."""

@@ -309,6 +309,7 @@ class Solver:
         hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
         ext = ".h5" if hdf5 else ""
         base = f"{self.snapshot_prefix()}_iter_{self.iter}"
+        Path(base).parent.mkdir(parents=True, exist_ok=True)
         model, state = f"{base}.caffemodel{ext}", f"{base}.solverstate{ext}"
         weights = weights_by_layer(self.net, self.trainer.param_arrays())
         layers = [

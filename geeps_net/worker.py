@@ -18,7 +18,7 @@ import logging
 import numpy
 
 from geeps_net.backend import to_host
-from geeps_net.errors import NetError
+from geeps_net.errors import NetError, SolverError
 from geeps_net.ps.client import Client
 from geeps_net.ps.config import Config
 from geeps_net.ps.server import LocalShards
@@ -46,7 +46,7 @@ class PsTrainer:
         self._register()
         with client.virtual_iteration():
             self._iterate(0, 0.0, compute=False)
-        client.start_iterations()
+        self._started = False  # the threads start at the first step: loads and feeds go before it
         self._outputs: dict = {}
 
     # -- registration ---------------------------------------------------------------------------
@@ -88,6 +88,9 @@ class PsTrainer:
 
     def step(self, it: int, rate: float) -> float:
         """Forward/backward iter_size times, update every table, clock; the mean loss."""
+        if not self._started:
+            self.client.start_iterations()
+            self._started = True
         return self._iterate(it, rate, compute=True)
 
     def _iterate(self, it: int, rate: float, compute: bool) -> float:
@@ -265,7 +268,39 @@ class PsTrainer:
         return out
 
     def load(self, params=None, history=None) -> None:
-        raise NotImplementedError("resume through the PS")
+        """Set learnable values (None entries keep theirs) and solver history before the first step."""
+        self._before_start("load weights or solver state")
+        s, c = self.schedule, self.client
+        if params is not None:
+            by_blob = {id(p.blob): v for p, v in zip(self.net.learnable, params) if v is not None}
+            for t, table in enumerate(s.tables):
+                if any(id(p.blob) in by_blob for p in table.params):
+                    flat = c.read_table_host(self.table_ids[t])
+                    for p, offset in zip(table.params, table.offsets):
+                        if id(p.blob) in by_blob:
+                            flat[offset : offset + p.blob.count] = by_blob[id(p.blob)].ravel()
+                    c.write_initial(self.table_ids[t], flat)
+            for key, (blob, kind) in s.locals.items():
+                if kind == "frozen" and id(blob) in by_blob:
+                    c.write_local(self.local_ids[key], by_blob[id(blob)].astype(blob.dtype).ravel())
+        if history is not None:
+            n = len(self.net.learnable)
+            for k in range(self.rule.num_history):
+                for t, table in enumerate(s.tables):
+                    flat = numpy.concatenate(
+                        [numpy.ravel(history[k * n + self.net.learnable.index(p)]) for p in table.params]
+                    )
+                    c.write_local(self.history_ids[t, k], flat.astype(numpy.float32))
+
+    def feed(self, name: str, value) -> None:
+        """Set the data of an Input layer's top before the first step (it stays for every iteration)."""
+        self._before_start(f'feed "{name}"')
+        blob = self.net.blobs[name]
+        self.client.write_local(self.local_ids["data", name], numpy.asarray(value, blob.dtype).ravel())
+
+    def _before_start(self, what: str) -> None:
+        if self._started:
+            raise SolverError(f"{what}: the PS is running; do it before the first iteration")
 
     def stats(self) -> dict:
         return self.client.stats()

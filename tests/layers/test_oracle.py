@@ -35,9 +35,9 @@ def run_case(name):
     """Forward (and backward) the case; returns (net, arrays)."""
     net, arrays = load_case(name)
     inputs = {k[3:]: v for k, v in arrays.items() if k.startswith("in/")}
-    for name in CASES[name].get("parameter_inputs", []):  # bottoms held by a Parameter layer
-        layer = next(i for i, tops in enumerate(net.tops) if [t.name for t in tops] == [name])
-        net.params[net.layers[layer].name][0].data[...] = inputs.pop(name)
+    for blob in CASES[name].get("parameter_inputs", []):  # bottoms held by a Parameter layer
+        layer = next(i for i, tops in enumerate(net.tops) if [t.name for t in tops] == [blob])
+        net.params[net.layers[layer].name][0].data[...] = inputs.pop(blob)
     net.forward(**inputs)
     return net, arrays
 
