@@ -1,0 +1,91 @@
+"""CURVE keys for the PS sockets: key files, key generation, and the server's ZAP authenticator.
+
+    public, secret = generate_keys("keys", "server")   # keys/server.key, keys/server.key_secret
+    generate_keys("keys/authorized", "worker")           # a client pair; its .key authorises it
+
+A server encrypts with its secret key and admits only clients whose public key file lies in
+`authorized_dir`; a client needs its own secret key and the server's public key.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from geeps_net.errors import PsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """Key files: our own `.key_secret`; a client also names the server's public `.key`, a server
+    the directory of authorised clients' public `.key` files."""
+
+    secret_file: Path
+    server_public_file: Path | None = None
+    authorized_dir: Path | None = None
+
+    def own_pair(self) -> tuple[bytes, bytes]:
+        """(public, secret) from secret_file."""
+        public, secret = load_key(self.secret_file)
+        if secret is None:
+            raise PsError(f"{self.secret_file}: no secret key in it (use the .key_secret file)")
+        return public, secret
+
+    def server_public(self) -> bytes:
+        """The server's public key (clients)."""
+        if self.server_public_file is None:
+            raise PsError("CURVE client: the server's public key file is not given")
+        return load_key(self.server_public_file)[0]
+
+
+def generate_keys(directory: str | Path, name: str) -> tuple[Path, Path]:
+    """Write a key pair `name.key` (public) and `name.key_secret` in `directory` (created)."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(directory, name)
+    return Path(public), Path(secret)
+
+
+def load_key(path: str | Path) -> tuple[bytes, bytes | None]:
+    """(public, secret or None) from a key file; PsError naming the file if it is unreadable."""
+    try:
+        return zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as e:
+        raise PsError(f"{path}: cannot read a CURVE key: {e}") from None
+
+
+def start_authenticator(ctx: zmq.Context, authorized_dir: Path | None) -> ThreadAuthenticator:
+    """A ZAP handler on `ctx` admitting the clients whose public keys are in `authorized_dir`.
+
+    ZeroMQ allows one handler per Context: give each CURVE server its own Context.
+    """
+    if authorized_dir is None or not Path(authorized_dir).is_dir():
+        raise PsError(
+            f"CURVE server: {authorized_dir} is not a directory of authorised client keys"
+        )
+    auth = ThreadAuthenticator(ctx, log=log)
+    try:
+        auth.start()
+    except zmq.ZMQError as e:
+        raise PsError(
+            f"CURVE server: cannot start the authenticator ({e}); one per Context"
+        ) from None
+    auth.configure_curve(domain="*", location=str(authorized_dir))
+    return auth
+
+
+def stop_authenticator(auth: ThreadAuthenticator, deadline_s: float = 5.0) -> None:
+    """Stop the handler thread, joined within `deadline_s` (logged if it does not stop)."""
+    if auth.pipe is not None and auth.thread is not None:
+        auth.pipe.send(b"TERMINATE")
+        auth.thread.join(timeout=deadline_s)
+        if auth.thread.is_alive():
+            log.error("the CURVE authenticator did not stop in %.1f s", deadline_s)
+            return
+    auth.stop()

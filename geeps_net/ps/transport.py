@@ -1,0 +1,451 @@
+"""ZeroMQ endpoints for the PS: a ROUTER per server channel, a DEALER per server channel on workers.
+
+    ctx = zmq.Context()
+    server = ServerEndpoint(ctx, 0, tcp_urls("127.0.0.1", 5570, 2), workers=range(4), tables=shapes)
+    client = ClientEndpoint(ctx, 3, [server.urls], tables=shapes)
+    client.send(0, client.header(MsgType.UPDATE, table=7, clock=41, row_end=8), delta)
+    msg = server.recv(60.0, "an update")  # Message(peer=3, channel=0, header, payload)
+
+An endpoint belongs to one thread at a time (zmq sockets are not thread-safe); using it from two
+threads at once raises PsError. Heartbeats go out from inside poll/recv/tick, so the owner calls one
+of them at least every heartbeat_s (a communication thread waiting in recv does). HEARTBEATs are
+consumed here; any valid message refreshes its peer's `last_seen`. The zmq.Context is the caller's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy
+import zmq
+
+from geeps_net.errors import DeadlineError, PeerLost, PsError, WireError
+from geeps_net.ps.curve import CurveKeys, start_authenticator, stop_authenticator
+from geeps_net.ps.wire import Header, MsgType, TableShape, decode, encode
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|localhost|\[?::1\]?)$")
+IDENTITY = re.compile(rb"^worker-(\d{1,9})$")
+CLOCKED = (MsgType.HELLO, MsgType.HEARTBEAT, MsgType.CLOCK, MsgType.BARRIER)  # clock = sender's
+
+
+class Message(NamedTuple):
+    """A validated message: who sent it (worker or server id), on which channel, header, payload."""
+
+    peer: int
+    channel: int
+    header: Header
+    payload: numpy.ndarray | None
+
+
+@dataclass(frozen=True)
+class Options:
+    """Endpoint settings: heartbeat period; high-water mark (messages per socket); whether an
+    invalid message raises (strict) or is logged and dropped; whether sent payloads are covered by
+    the checksum; CURVE keys; (servers) whether a bind beyond loopback without CURVE is allowed."""
+
+    heartbeat_s: float = 5.0
+    hwm: int = 100
+    strict: bool = True
+    payload_crc: bool = True
+    curve: CurveKeys | None = None
+    allow_insecure: bool = False
+
+
+def tcp_urls(host: str, base_port: int, num_channels: int, offset: int = 0) -> list[str]:
+    """URLs of one server's channels: port base_port + offset + channel (base_port 0: any free)."""
+    if base_port == 0:
+        return [f"tcp://{host}:*"] * num_channels
+    return [f"tcp://{host}:{base_port + offset + c}" for c in range(num_channels)]
+
+
+def inproc_urls(name: str, num_channels: int) -> list[str]:
+    """A co-located server's channel URLs, inproc://geeps-{name}-{channel} (same Context only)."""
+    return [f"inproc://geeps-{name}-{c}" for c in range(num_channels)]
+
+
+class Endpoint:
+    """What servers and clients share: sockets, polling with deadlines, heartbeats, liveness.
+
+    Subclasses define where(peer) (its address), num_channels(peer), _beat_targets(), _send_to()
+    and _accept().
+    """
+
+    role = ""  # "server" or "worker": what we are
+    peer_role = ""  # what our peers are
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        my_id: int,
+        peers: Collection[int],
+        tables: Mapping[int, TableShape] | None,
+        options: Options,
+    ) -> None:
+        self.ctx, self.id, self.peers = ctx, my_id, frozenset(peers)
+        self.tables = tables if tables is not None else {}  # the caller may add tables later
+        self.options = options
+        self.name = f"{self.role} {my_id}"
+        self.clock = -1  # ours, carried by heartbeats; the owner keeps it current
+        self.sockets: list[zmq.Socket] = []
+        self.channel_of: dict[zmq.Socket, int] = {}
+        self.poller = zmq.Poller()
+        start = time.monotonic()
+        self.last_seen: dict[int, float] = dict.fromkeys(self.peers, start)
+        self.heard: set[int] = set()  # peers that sent at least one message
+        self.last_clock: dict[int, int] = dict.fromkeys(self.peers, -1)
+        self.departed: set[int] = set()  # peers that said SHUTDOWN
+        self.rejected = 0  # messages dropped as invalid (strict=False)
+        self._ready: deque[zmq.Socket] = deque()
+        self._next_beat = start
+        self._guard = threading.Lock()
+        self._closed = False
+
+    def _socket(self, kind: int, channel: int) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.linger = 0
+        sock.sndhwm = sock.rcvhwm = self.options.hwm
+        self.sockets.append(sock)
+        self.channel_of[sock] = channel
+        self.poller.register(sock, zmq.POLLIN)
+        return sock
+
+    @contextlib.contextmanager
+    def _owned(self, what: str):
+        if self._closed:
+            raise PsError(f"{self.name}: {what} after close()")
+        if not self._guard.acquire(blocking=False):
+            raise PsError(f"{self.name}: {what} while another thread uses this endpoint")
+        try:
+            yield
+        finally:
+            self._guard.release()
+
+    def header(self, type: MsgType, **fields) -> Header:
+        """A Header from us: Header(type, sender=self.id, **fields)."""
+        return Header(type, self.id, **fields)
+
+    def poll(self, timeout_s: float) -> Message | None:
+        """The next message within `timeout_s` seconds, or None; sends heartbeats while waiting."""
+        end = time.monotonic() + timeout_s
+        with self._owned("poll"):
+            while True:
+                msg = self._take_ready()
+                if msg is not None:
+                    return msg
+                now = time.monotonic()
+                self._beat(now)
+                wait = min(end, self._next_beat) - now
+                events = self.poller.poll(max(1, math.ceil(wait * 1000)) if wait > 0 else 0)
+                self._ready.extend(sock for sock, _ in events)
+                if not events and now >= end:
+                    return None
+
+    def recv(self, timeout_s: float, awaiting: str) -> Message:
+        """The next message; DeadlineError naming `awaiting` and the quietest peer if none comes."""
+        msg = self.poll(timeout_s)
+        if msg is None:
+            raise DeadlineError(
+                f"{self.name}: nothing arrived in {timeout_s:.1f} s while awaiting {awaiting}; "
+                f"{self._quietest()}"
+            )
+        return msg
+
+    def tick(self) -> None:
+        """Send heartbeats if due (for owners that neither poll nor recv for a while)."""
+        with self._owned("tick"):
+            self._beat(time.monotonic())
+
+    def check_liveness(
+        self, deadline_s: float, last_clock: Mapping[int, int] | None = None
+    ) -> None:
+        """Raise PeerLost if a peer (not departed) was silent for more than `deadline_s` seconds.
+
+        The verdict names the peer, its address and its last clock: `last_clock[peer]` if given,
+        else the clock of its last HELLO/HEARTBEAT/CLOCK/BARRIER.
+        """
+        now = time.monotonic()
+        late = sorted(
+            (p for p in self.peers - self.departed if now - self.last_seen[p] > deadline_s),
+            key=lambda p: self.last_seen[p],
+        )
+        if not late:
+            return
+        peer = late[0]
+        clocks = last_clock if last_clock is not None else self.last_clock
+        silent = "no heartbeat" if peer in self.heard else "never heard from"
+        more = f" (and {len(late) - 1} more)" if len(late) > 1 else ""
+        raise PeerLost(
+            f"{self.peer_role} {peer} ({self.where(peer)}): {silent} for "
+            f"{now - self.last_seen[peer]:.1f} s; its last clock was {clocks.get(peer, -1)}{more}"
+        )
+
+    def close(self, linger_s: float = 0.0) -> None:
+        """Close every socket (pending messages dropped after `linger_s`); safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for sock in self.sockets:
+            sock.close(linger=int(linger_s * 1000))
+        self.sockets.clear()
+        self._ready.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- shared internals -----------------------------------------------------------------------
+
+    def _take_ready(self) -> Message | None:
+        """Receive from sockets known to be readable, round robin; None when they are drained."""
+        while self._ready:
+            sock = self._ready.popleft()
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                continue
+            self._ready.append(sock)  # it may hold more; others get their turn first
+            try:
+                msg = self._accept(sock, frames)
+            except WireError as e:
+                if self.options.strict:
+                    raise
+                self.rejected += 1
+                log.warning("%s: dropped a message: %s", self.name, e)
+                continue
+            if msg is not None:
+                return msg
+        return None
+
+    def _note(self, msg: Message) -> Message | None:
+        """Book-keeping for a valid message; None for messages consumed here (heartbeats)."""
+        peer, h = msg.peer, msg.header
+        self.last_seen[peer] = time.monotonic()
+        self.heard.add(peer)
+        if h.type in CLOCKED:
+            self.last_clock[peer] = h.clock
+        if h.type == MsgType.SHUTDOWN:
+            self.departed.add(peer)
+        return None if h.type == MsgType.HEARTBEAT else msg
+
+    def _send(self, sock: zmq.Socket, frames: list, peer: int, deadline_s: float, track: bool):
+        """Send without blocking; while the high-water mark is full, retry until `deadline_s`."""
+        end, pause = time.monotonic() + deadline_s, 0.0005
+        while True:
+            try:
+                return sock.send_multipart(frames, zmq.NOBLOCK, copy=False, track=track)
+            except zmq.Again:
+                pass
+            except zmq.ZMQError as e:
+                if e.errno == zmq.EHOSTUNREACH:
+                    raise PeerLost(
+                        f"{self.peer_role} {peer} ({self.where(peer)}): not connected "
+                        f"(exited, or never said HELLO); its last clock was {self.last_clock[peer]}"
+                    ) from None
+                raise
+            if time.monotonic() >= end:
+                raise DeadlineError(
+                    f"{self.name}: send to {self.peer_role} {peer} ({self.where(peer)}): "
+                    f"{self.options.hwm} messages queued and none taken in {deadline_s:.1f} s"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def _beat(self, now: float) -> None:
+        if now < self._next_beat:
+            return
+        self._next_beat = now + self.options.heartbeat_s
+        beat = encode(self.header(MsgType.HEARTBEAT, clock=self.clock))
+        for peer in self._beat_targets():
+            with contextlib.suppress(DeadlineError, PeerLost, zmq.ZMQError):  # liveness tells
+                self._send_to(peer, beat, channel=0, deadline_s=0.0, track=False)
+
+    def _quietest(self) -> str:
+        live = self.peers - self.departed
+        if not live:
+            return f"no {self.peer_role} left"
+        peer = min(live, key=lambda p: self.last_seen[p])
+        age = time.monotonic() - self.last_seen[peer]
+        return f"quietest: {self.peer_role} {peer} ({self.where(peer)}), last heard {age:.1f} s ago"
+
+    def send(
+        self,
+        peer: int,
+        header: Header,
+        payload: numpy.ndarray | bytes | None = None,
+        *,
+        channel: int = 0,
+        deadline_s: float = 60.0,
+        track: bool = False,
+    ) -> zmq.MessageTracker | None:
+        """Encode and send to `peer` on `channel`; the payload goes zero-copy (do not write to it
+        until sent: pass track=True and wait on the tracker to know when). Raises DeadlineError if
+        the queue stays full for `deadline_s`, PeerLost if a server cannot route to the worker."""
+        if header.sender != self.id:
+            raise PsError(f"{self.name}: header says sender {header.sender}")
+        if peer not in self.peers:
+            raise PsError(f"{self.name}: no {self.peer_role} {peer} in this job")
+        if not 0 <= channel < self.num_channels(peer):
+            raise PsError(f"{self.name}: no channel {channel} to {self.peer_role} {peer}")
+        frames = encode(header, payload, payload_crc=self.options.payload_crc)
+        with self._owned(f"send {header.type.name}"):
+            return self._send_to(peer, frames, channel, deadline_s, track)
+
+
+class ServerEndpoint(Endpoint):
+    """One ROUTER per channel, bound to `urls` (loopback unless CURVE keys or allow_insecure)."""
+
+    role, peer_role = "server", "worker"
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        server_id: int,
+        urls: Sequence[str],
+        workers: Collection[int],
+        tables: Mapping[int, TableShape] | None = None,
+        options: Options = Options(),
+    ) -> None:
+        super().__init__(ctx, server_id, workers, tables, options)
+        self.auth = None  # the ZAP handler thread when CURVE is on
+        self.routes: dict[int, int] = {}  # worker -> channel it was last heard on
+        self.urls: list[str] = []
+        try:
+            self._check_bind(urls)
+            if options.curve is not None:
+                self.auth = start_authenticator(ctx, options.curve.authorized_dir)
+            for channel, url in enumerate(urls):
+                self.urls.append(self._bind(channel, url))
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_bind(self, urls: Sequence[str]) -> None:
+        for url in urls:
+            host = url.split("://", 1)[-1].rsplit(":", 1)[0]
+            if not url.startswith("tcp://") or LOOPBACK.match(host) or self.options.curve:
+                continue
+            if not self.options.allow_insecure:
+                raise PsError(
+                    f"{self.name}: binding {url} without CURVE keys lets anyone on the network "
+                    "write parameters; give key files, or allow an insecure bind explicitly"
+                )
+            log.warning("%s: %s is reachable from the network without CURVE keys", self.name, url)
+
+    def _bind(self, channel: int, url: str) -> str:
+        sock = self._socket(zmq.ROUTER, channel)
+        sock.router_mandatory = 1  # an unroutable worker is an error, not a silent drop
+        sock.router_handover = 1  # a restarted worker takes its identity back
+        if self.options.curve is not None:
+            sock.curve_publickey, sock.curve_secretkey = self.options.curve.own_pair()
+            sock.curve_server = True
+        try:
+            sock.bind(url)
+        except zmq.ZMQError as e:
+            raise PsError(f"{self.name}: cannot bind channel {channel} to {url}: {e}") from None
+        return sock.last_endpoint.decode()
+
+    def where(self, peer: int) -> str:
+        return self.urls[self.routes.get(peer, 0)] if self.urls else "unbound"
+
+    def num_channels(self, peer: int) -> int:
+        return len(self.urls)
+
+    def _beat_targets(self) -> Collection[int]:
+        return [w for w in self.routes if w not in self.departed]
+
+    def _send_to(self, peer: int, frames: list, channel: int, deadline_s: float, track: bool):
+        ident = b"worker-%d" % peer
+        return self._send(self.sockets[channel], [ident, *frames], peer, deadline_s, track)
+
+    def _accept(self, sock: zmq.Socket, frames: list) -> Message | None:
+        channel = self.channel_of[sock]
+        ident = frames[0].bytes
+        match = IDENTITY.match(ident)
+        if match is None or int(match[1]) not in self.peers:
+            raise WireError(f"message from a stranger {ident[:40]!r} on {self.urls[channel]}")
+        worker = int(match[1])
+        peer = f"worker {worker} ({self.urls[channel]})"
+        header, payload = decode(frames[1:], senders=self.peers, tables=self.tables, peer=peer)
+        if header.sender != worker:
+            raise WireError(f"message from {peer}: header claims sender {header.sender}")
+        self.routes[worker] = channel
+        return self._note(Message(worker, channel, header, payload))
+
+    def close(self, linger_s: float = 0.0) -> None:
+        """Close the sockets and stop the CURVE authenticator thread (joined with a deadline)."""
+        super().close(linger_s)
+        if self.auth is not None:
+            auth, self.auth = self.auth, None
+            stop_authenticator(auth)
+
+
+class ClientEndpoint(Endpoint):
+    """DEALER sockets with identity `worker-{id}`, one per (server, channel); `servers[s][c]` is the
+    URL of server s's channel c."""
+
+    role, peer_role = "worker", "server"
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        worker_id: int,
+        servers: Sequence[Sequence[str]],
+        tables: Mapping[int, TableShape] | None = None,
+        options: Options = Options(),
+    ) -> None:
+        super().__init__(ctx, worker_id, range(len(servers)), tables, options)
+        self.urls = [list(urls) for urls in servers]
+        self.route: dict[tuple[int, int], zmq.Socket] = {}
+        self.server_of: dict[zmq.Socket, int] = {}
+        try:
+            curve = options.curve
+            keys = (*curve.own_pair(), curve.server_public()) if curve is not None else None
+            for server, urls in enumerate(self.urls):
+                for channel, url in enumerate(urls):
+                    self._connect(server, channel, url, keys)
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self, server: int, channel: int, url: str, keys) -> None:
+        sock = self._socket(zmq.DEALER, channel)
+        sock.identity = b"worker-%d" % self.id
+        if keys is not None:
+            sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = keys
+        try:
+            sock.connect(url)
+        except zmq.ZMQError as e:
+            raise PsError(f"{self.name}: cannot connect to server {server} at {url}: {e}") from None
+        self.route[server, channel] = sock
+        self.server_of[sock] = server
+
+    def where(self, peer: int) -> str:
+        return self.urls[peer][0]
+
+    def num_channels(self, peer: int) -> int:
+        return len(self.urls[peer])
+
+    def _beat_targets(self) -> Collection[int]:
+        return sorted(self.peers - self.departed)
+
+    def _send_to(self, peer: int, frames: list, channel: int, deadline_s: float, track: bool):
+        return self._send(self.route[peer, channel], frames, peer, deadline_s, track)
+
+    def _accept(self, sock: zmq.Socket, frames: list) -> Message | None:
+        server, channel = self.server_of[sock], self.channel_of[sock]
+        peer = f"server {server} ({self.urls[server][channel]})"
+        header, payload = decode(frames, senders={server}, tables=self.tables, peer=peer)
+        return self._note(Message(server, channel, header, payload))
