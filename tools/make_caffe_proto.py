@@ -12,7 +12,8 @@ import re
 import sys
 
 SCALARS = {"int32", "int64", "uint32", "uint64", "float", "double", "bool", "string", "bytes"}
-# Where the reference table lost a character, with Caffe's actual default (checked against the oracle).
+# Where the reference table lost a character, with Caffe's actual default (checked against the
+# oracle).
 CORRECTIONS = {("BatchNormParameter", "moving_average_fraction"): ".999"}
 
 TOP_LEVEL_ENUMS = ["enum Phase {\n  TRAIN = 0;\n  TEST = 1;\n}\n"]
@@ -34,7 +35,8 @@ def parse(text: str) -> list[dict]:
         ):
             packed = "[packed]" in line
             default = CORRECTIONS.get((current["name"], m.group(1)), m.group(5).strip())
-            current["fields"].append((m.group(1), m.group(2), m.group(3), m.group(4), packed, default))
+            name, number, label, ftype = m.group(1, 2, 3, 4)
+            current["fields"].append((name, number, label, ftype, packed, default))
         elif current and (m := re.match(r"^enum (\w+): (.*)$", line)):
             values = [v.strip().split("=") for v in m.group(2).split(",")]
             current["enums"].append((m.group(1), values))
