@@ -9,6 +9,7 @@ tests pin them down as bit-identical.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import deque
@@ -18,12 +19,15 @@ import numpy
 
 from geeps_net.backend import to_host
 from geeps_net.errors import SolverError
+from geeps_net.fileio import write_atomic
 from geeps_net.net import Net
 from geeps_net.proto import caffe_pb2
 from geeps_net.prototxt import read_net, read_solver
 from geeps_net.solvers import LrState, clip_gradients, create_update_rule, learning_rate, normalize
 
 log = logging.getLogger(__name__)
+
+RUN_STATE = ".run.json"  # suffix of the engine-state file written beside each .solverstate
 
 
 class ResidentTrainer:
@@ -322,8 +326,32 @@ class Solver:
         write_solverstate(
             state, self.iter, model, self.trainer.history_arrays(), self.lr_state.current_step
         )
+        write_atomic(Path(state + RUN_STATE), json.dumps(self.run_state()).encode())
         log.info("Snapshotting solver state to binary proto file %s", state)
         return model, state
+
+    def run_state(self) -> dict:
+        """What a .solverstate cannot hold but a bit-identical resume needs: every train-net layer's
+        random generator and the data layers' read positions (JSON; never pickle)."""
+        layers = {}
+        for layer in self.net.layers:
+            if hasattr(layer, "state"):  # data layers: read position + their own generator
+                layers[layer.name] = {"data": layer.state()}
+            else:
+                layers[layer.name] = {"rng": layer.rng.bit_generator.state}
+        return {"iter": self.iter, "layers": layers, "smoothed": list(self.losses)}
+
+    def restore_run_state(self, state: dict) -> None:
+        """Put back what `run_state` saved (layers matched by name; others keep theirs)."""
+        for layer in self.net.layers:
+            entry = state["layers"].get(layer.name)
+            if entry is None:
+                continue
+            if "data" in entry and hasattr(layer, "restore"):
+                layer.restore(entry["data"])
+            elif "rng" in entry:
+                layer.rng.bit_generator.state = entry["rng"]
+        self.losses.extend(state.get("smoothed", []))
 
     def restore(self, path) -> None:
         """Resume from a .solverstate: its iteration, history, and the .caffemodel it names."""
@@ -340,6 +368,11 @@ class Solver:
             raise SolverError(f"{path}: {len(history)} history blobs, the solver needs {expected}")
         self.trainer.load(history=history)
         self.iter, self.lr_state.current_step = it, current_step
+        sidecar = Path(str(path) + RUN_STATE)
+        if sidecar.exists():
+            self.restore_run_state(json.loads(sidecar.read_text()))
+        else:
+            log.warning("%s: no %s beside it: data order and random draws restart", path, RUN_STATE)
         log.info("Restored solver state from %s at iteration %d", path, it)
 
     def load_weights(self, path) -> None:
