@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import time
@@ -11,9 +12,11 @@ import numpy
 
 from geeps_net.backend import array_module, gpu_available
 from geeps_net.cli import command, flag
-from geeps_net.errors import GeepsError
+from geeps_net.errors import GeepsError, NetError, PrototxtError, SolverError
 
 log = logging.getLogger("geeps_net.cli")
+
+INLINE_NET = "<NetParameter>"  # the source path a Net gives a NetParameter without a file
 
 
 def _gpu(args):
@@ -94,7 +97,8 @@ def train(args) -> int:
         from geeps_net.worker import ps_trainer_factory
 
         factory = ps_trainer_factory(_ps_config(args), xp=xp)
-    solver = load_solver(args.solver, xp=xp, trainer_factory=factory)
+    with _naming_solver(args.solver):
+        solver = load_solver(args.solver, xp=xp, trainer_factory=factory)
     try:
         _install_signals(solver, args)
         if args.weights:
@@ -104,6 +108,26 @@ def train(args) -> int:
     finally:
         solver.close()
     return 0
+
+
+@contextlib.contextmanager
+def _naming_solver(path: str):
+    """Errors in the solver's own fields name the solver file; an inline net_param's errors
+    name it too (the net there has no file of its own)."""
+    try:
+        yield
+    except SolverError as e:
+        message = str(e)
+        raise SolverError(message if message.startswith(path) else f"{path}: {message}") from None
+    except PrototxtError as e:
+        if getattr(e, "unreadable", False) and not str(e).startswith(path):
+            raise PrototxtError(f"{path}: net file {e}") from None
+        raise
+    except NetError as e:
+        message = str(e)
+        if message.startswith(INLINE_NET):
+            raise type(e)(f"{path}: inline net{message[len(INLINE_NET) :]}") from None
+        raise
 
 
 train.add_flags = _train_flags

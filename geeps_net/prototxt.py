@@ -17,7 +17,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from geeps_net.errors import PrototxtError
+from geeps_net.errors import NetError, PrototxtError
 from geeps_net.proto import caffe_pb2
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,9 @@ def _read_text(path) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except OSError as e:
-        raise PrototxtError(f"{path}: cannot read: {e.strerror}") from None
+        error = PrototxtError(f"{path}: cannot read: {e.strerror}")
+        error.unreadable = True  # a file named by another file: the caller may name that one
+        raise error from None
     except UnicodeDecodeError:
         raise PrototxtError(f"{path}: not a text prototxt (binary file?)") from None
 
@@ -79,13 +81,27 @@ def parse_net(text: str, path: str = "<string>") -> NetSource:
     param = _parse(text, caffe_pb2.NetParameter(), path)
     lines = _top_level_lines(text, ("layer", "layers"))
     if param.layer and param.layers:
+        line = _top_level_lines(text, ("layers",))[0]
         raise PrototxtError(
-            f"{path}: mixes `layer` and legacy `layers` entries (Caffe refuses this)"
+            f"{path}:{line}: mixes `layer` and legacy `layers` entries (Caffe refuses this)"
         )
     upgraded = upgrade_net(param, path)
     if len(upgraded.layer) != len(lines):  # an Input layer was prepended for legacy net inputs
         lines = [1] * (len(upgraded.layer) - len(lines)) + lines
-    return NetSource(upgraded, path, lines)
+    source = NetSource(upgraded, path, lines)
+    _check_rules(source)
+    return source
+
+
+def _check_rules(source: NetSource) -> None:
+    """Caffe's FilterNet refuses a layer with both include and exclude rules, whatever the phase:
+    say so at parse time, where the layer's line is known."""
+    for i, layer in enumerate(source.param.layer):
+        if layer.include and layer.exclude:
+            raise NetError(
+                f'{source.where(i)}: layer "{layer.name}": specifies both include and exclude '
+                "rules (give one kind only)"
+            )
 
 
 def read_net(path) -> NetSource:

@@ -19,8 +19,10 @@ from geeps_net.solver import Solver
 from geeps_net.worker import ps_trainer_factory
 
 ROOT = Path(__file__).resolve().parents[1]
-NETS = {"lenet": (ROOT / "models/lenet/train_val.prototxt", (1, 28, 28)),
-        "cifar10_quick": (ROOT / "models/cifar10_quick/train_val.prototxt", (3, 32, 32))}  # fmt: skip
+NETS = {
+    "lenet": (ROOT / "models/lenet/train_val.prototxt", (1, 28, 28)),
+    "cifar10_quick": (ROOT / "models/cifar10_quick/train_val.prototxt", (3, 32, 32)),
+}
 ITERATIONS, BATCH = 50, 8
 
 

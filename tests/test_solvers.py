@@ -355,3 +355,29 @@ def test_caffe_solver_steps(reference, case):
                 start = sampled(oracle, key, initial[f"param/{name}"])[1]
                 assert_allclose(ours - start, expected - start, rtol=1e-3, atol=5e-6, err_msg=key)
     assert_allclose(losses, oracle["loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(RULES))
+@pytest.mark.parametrize("then", [None, "subtract", "negate"])
+def test_blockwise_update_is_bit_identical(monkeypatch, name, then):
+    """The CPU update runs block by block; blocks of 7 elements must give exactly the bits of one
+    whole-array pass, with the caller's finishing step (data -= diff or diff = -diff) fused."""
+    p = solver_param(f'type: "{name}" weight_decay: 0.01 ' + RULES[name])
+    rng = numpy.random.default_rng(3)
+    w, g = rng.standard_normal((2, 50, 3)).astype(numpy.float32)
+    results = []
+    for block in (7, 1 << 30):
+        monkeypatch.setattr(solvers, "UPDATE_BLOCK", block)
+        rule = solvers.create_update_rule(p)
+        data, history = w.copy(), [numpy.full(w.shape, 0.25, numpy.float32)] * rule.num_history
+        history = [h.copy() for h in history]
+        for it in range(3):
+            diff = (g * (it + 1)).astype(numpy.float32)
+            rule.update(numpy, it, 0.1, 2.0, 0.5, data, diff, history, then=then)
+            if then is None:
+                data -= diff
+            elif then == "negate":
+                data += diff
+        results.append([data, diff, *history])
+    for blocked, whole in zip(*results, strict=True):
+        assert blocked.tobytes() == whole.tobytes()

@@ -71,11 +71,15 @@ class ReLULayer(NeuronLayer):
 
     def backward(self, xp, tops, propagate_down, bottoms):
         if propagate_down[0]:
-            x, dy = bottoms[0].data, tops[0].diff
+            x, dy, dx = bottoms[0].data, tops[0].diff, bottoms[0].diff
             if self.slope == 0:
-                bottoms[0].diff[...] = dy * (x > 0)
+                if xp.may_share_memory(dx, dy):  # in place: dx is dy
+                    xp.multiply(dy, x > 0, out=dx)
+                else:  # the mask straight into dx, then one multiply: no temporary
+                    xp.greater(x, 0, out=dx)
+                    dx *= dy
             else:
-                bottoms[0].diff[...] = xp.where(x > 0, dy, self.slope * dy)
+                dx[...] = xp.where(x > 0, dy, self.slope * dy)
 
 
 @register("Sigmoid")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from geeps_net.backend import scatter_add
+from geeps_net.backend import matmul_add, scatter_add
 from geeps_net.layer import Layer, register
 
 
@@ -60,9 +60,9 @@ class InnerProductLayer(Layer):
         x = bottoms[0].data.reshape(self.m, self.k)
         dy = tops[0].diff.reshape(self.m, self.num_output)
         if self.transpose:
-            self.blobs[0].diff += xp.matmul(x.T, dy)
+            matmul_add(xp, x.T, dy, self.blobs[0].diff)
         else:
-            self.blobs[0].diff += xp.matmul(dy.T, x)
+            matmul_add(xp, dy.T, x, self.blobs[0].diff)
         if self.bias_term:
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:

@@ -103,9 +103,58 @@ def _blockwise(kernel):
     return run
 
 
-def _sub(a, rh, rw):
-    """Output-side sub-block a[..., lo_h:hi_h, lo_w:hi_w]."""
-    return a[..., rh[0] : rh[1], rw[0] : rw[1]]
+def _phase_views(geom: PoolGeometry):
+    """(k, index) per kernel offset k = i·kw + j: the (oh, ow) inputs that offset reads, as an
+    index into the phase layout of _to_phases (rows step by stride_h; columns are contiguous)."""
+    (oh, ow), (sh, sw) = geom.out_size, geom.stride
+    for k, (i, j) in enumerate(itertools.product(*map(range, geom.kernel))):
+        rows = slice(i, i + (oh - 1) * sh + 1, sh)
+        yield k, (Ellipsis, rows, j % sw, slice(j // sw, j // sw + ow))
+
+
+def _phase_shape(geom: PoolGeometry) -> tuple[int, int, int]:
+    """(rows, stride_w, columns) of the padded plane in phase layout: every window's reach."""
+    rows = (geom.out_size[0] - 1) * geom.stride[0] + geom.kernel[0]
+    return rows, geom.stride[1], geom.out_size[1] + (geom.kernel[1] - 1) // geom.stride[1]
+
+
+def _phase_parts(geom: PoolGeometry):
+    """(rows, phase, lo, hi, input columns): which part of the phase layout holds which input.
+
+    Phase layout (…, rows, sw, cols): padded row r is input row r − pad_h, and padded column
+    q·sw + p sits at phase p, column q. Every kernel offset then reads a contiguous run of
+    columns: one strided copy in, instead of strided reads at every offset (3-10x faster).
+    """
+    rows, sw, cols = _phase_shape(geom)
+    (ph, pw), (height, width) = geom.pad, geom.in_size
+    in_rows = slice(ph, min(ph + height, rows))
+    for p in range(sw):
+        lo, hi, sl = window_range(p, width, pw, sw, cols)
+        if sl is not None:
+            yield in_rows, p, lo, hi, sl
+
+
+def _to_phases(xp, x, geom: PoolGeometry, fill: float):
+    """x (N, C, H, W) in phase layout (N, C, rows, sw, cols), `fill` where windows read padding."""
+    buf = xp.full(x.shape[:2] + _phase_shape(geom), fill, dtype=x.dtype)
+    for rows, p, lo, hi, cols in _phase_parts(geom):
+        buf[:, :, rows, p, lo:hi] = x[:, :, : rows.stop - rows.start, cols]
+    return buf
+
+
+def _max_pool_reads(xp, x, geom: PoolGeometry):
+    """(k, v, sub) per kernel offset k: the inputs v it reads for the outputs [sub].
+
+    Overlapping windows read x in phase layout (one copy, then contiguous runs); otherwise the
+    strided views of x itself cost less than that copy (measured on LeNet's 2x2/2 pooling).
+    """
+    if geom.stride[1] >= geom.kernel[1]:
+        for k, rh, rw in geom.offsets():
+            yield k, x[..., rh[2], rw[2]], (Ellipsis, slice(rh[0], rh[1]), slice(rw[0], rw[1]))
+        return
+    src = _to_phases(xp, x, geom, -FLT_MAX)
+    for k, index in _phase_views(geom):
+        yield k, src[index], Ellipsis
 
 
 @_blockwise
@@ -113,8 +162,8 @@ def max_pool_forward(xp, x, geom: PoolGeometry, y, mask) -> None:
     """y (N, C, oh, ow) = window maxima of x (N, C, H, W); mask = window offset of the maximum.
 
     As in Caffe, a window starts at −FLT_MAX with mask −1 and takes an element only when it is
-    strictly greater (ties keep the first in row-major order; NaN never wins). Branch-free updates:
-    masked copies with data-dependent masks are several times slower.
+    strictly greater (ties keep the first in row-major order; NaN and padding never win). The
+    mask is the last offset that was strictly greater: the running max of (k + 1)·better, less 1.
     """
     if geom.whole:
         plane = x.reshape(x.shape[:2] + (-1,))
@@ -122,15 +171,13 @@ def max_pool_forward(xp, x, geom: PoolGeometry, y, mask) -> None:
         y[..., 0, 0] = plane.max(axis=-1)
         return
     y[...] = -FLT_MAX
-    mask[...] = -1
-    for k, rh, rw in geom.offsets():
-        v = x[..., rh[2], rw[2]]
-        y_sub, m_sub = _sub(y, rh, rw), _sub(mask, rh, rw)
+    won = xp.zeros(mask.shape, dtype=mask.dtype)
+    for k, v, sub in _max_pool_reads(xp, x, geom):
+        y_sub, won_sub = y[sub], won[sub]
         better = v > y_sub
-        xp.fmax(y_sub, v, out=y_sub)  # = where(better, v, y_sub): y_sub is never NaN
-        step = xp.subtract(k, m_sub, dtype=m_sub.dtype)
-        step *= better
-        m_sub += step  # mask = k where better
+        xp.fmax(y_sub, v, out=y_sub)  # = where(better, v, y_sub): y is never NaN
+        xp.maximum(won_sub, better * mask.dtype.type(k + 1), out=won_sub)
+    xp.subtract(won, mask.dtype.type(1), out=mask)
 
 
 @_blockwise
@@ -144,7 +191,8 @@ def max_pool_backward(xp, dy, mask, geom: PoolGeometry, dx, accumulate: bool = F
         rows[xp.arange(rows.shape[0]), picks] += dy.reshape(-1)
         return
     for k, rh, rw in geom.offsets():
-        dx[..., rh[2], rw[2]] += _sub(dy, rh, rw) * (_sub(mask, rh, rw) == k)
+        sub = (Ellipsis, slice(rh[0], rh[1]), slice(rw[0], rw[1]))  # outputs that read x here
+        dx[..., rh[2], rw[2]] += dy[sub] * (mask[sub] == k)
 
 
 def max_pool_mask_top(xp, mask, geom: PoolGeometry, out) -> None:

@@ -45,6 +45,7 @@ def test_relu(xp):
         xp, make_layer('type: "ReLU" relu_param { negative_slope: 0.25 }'), [SHAPE], kink=0
     )
     assert_in_place_matches(xp, 'type: "ReLU" relu_param { negative_slope: 0.25 }', normal())
+    assert_in_place_matches(xp, 'type: "ReLU"', normal())  # dx is dy: no mask written first
 
 
 def test_sigmoid(xp):
