@@ -1,8 +1,8 @@
 """The `geeps-net` command: Caffe's verbs (train, test, time, device_query) plus data tools.
 
 Flags take one dash or two (`-solver` or `--solver`), as Caffe's gflags do. Bad input ends in one
-line
-naming the file:line, layer or peer at fault and a non-zero exit; `-debug` shows the traceback.
+line on stderr, `geeps-net VERB: ...`, naming the file:line, layer or peer at fault, and exit
+status 1; `-debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -83,14 +83,28 @@ def main(argv=None) -> int:
     fn = COMMANDS[args.command][0]
     try:
         return fn(args) or 0
-    except GeepsError as e:
-        if args.debug:
-            raise
-        print(f"geeps-net {args.command}: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"geeps-net {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"geeps-net {args.command}: {one_line(e)}", file=sys.stderr)
+        return 1
+
+
+def one_line(error: BaseException) -> str:
+    """The message of `error` on one line. GeepsError says it all; an OSError names its file; any
+    other exception is a bug, reported by type with a pointer to -debug for the traceback."""
+    if isinstance(error, GeepsError):
+        text = str(error)
+    elif isinstance(error, OSError) and error.filename is not None:
+        text = f"{error.filename}: {error.strerror or error}"
+    else:
+        text = (
+            f"internal error: {type(error).__name__}: {error} (rerun with -debug for a traceback)"
+        )
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 if __name__ == "__main__":  # `python -m geeps_net.cli`: register verbs on the imported module

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import time
+from pathlib import Path
 
 import numpy
 
@@ -35,6 +37,17 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _require_files(args, *names: str) -> None:
+    """Every file flag given names an existing file (-weights: each of its comma-separated list):
+    a mistyped path fails here, in one line, before any net is built or data is read."""
+    for name in names:
+        value = getattr(args, name, None) or ""
+        for path in value.split(",") if name == "weights" else [value]:
+            if path and not Path(path).is_file():
+                what = "is a directory, not a file" if Path(path).is_dir() else "no such file"
+                raise GeepsError(f"-{name} {path}: {what}")
+
+
 def _ps_flags(p) -> None:
     """-ps_config FILE, -no_ps, and one flag per PsConfig field (overriding the file)."""
     from geeps_net.proto import geeps_pb2
@@ -42,7 +55,12 @@ def _ps_flags(p) -> None:
     flag(p, "ps_config", default="", help="PS configuration file (geeps.PsConfig text)")
     flag(p, "no_ps", action="store_true", help="run without the parameter server (baseline)")
     group = p.add_argument_group("PS configuration (geeps.PsConfig fields)")
-    types = {"TYPE_BOOL": _parse_bool, "TYPE_DOUBLE": float, "TYPE_FLOAT": float, "TYPE_STRING": str}
+    types = {
+        "TYPE_BOOL": _parse_bool,
+        "TYPE_DOUBLE": float,
+        "TYPE_FLOAT": float,
+        "TYPE_STRING": str,
+    }
     for field in geeps_pb2.PsConfig.DESCRIPTOR.fields:
         kind = _FIELD_TYPES.get(field.type, "TYPE_INT")
         if field.enum_type is not None:
@@ -62,7 +80,9 @@ def _ps_config(args):
 
     config = Config.load(args.ps_config) if args.ps_config else Config()
     names = [f.name for f in geeps_pb2.PsConfig.DESCRIPTOR.fields]
-    return config.overrides(**{name: getattr(args, name) for name in names})
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    flags = " ".join(f"-{name} {value}" for name, value in given.items())
+    return config.overrides(source=f"flags {flags}", **given) if given else config
 
 
 # -- train ----------------------------------------------------------------------------------------
@@ -90,7 +110,13 @@ def train(args) -> int:
     from geeps_net.solver import load_solver
 
     if args.weights and args.snapshot:
-        raise GeepsError("give -weights or -snapshot, not both")
+        raise GeepsError(
+            f"-weights {args.weights} and -snapshot {args.snapshot}: give one, not both "
+            "(-snapshot resumes a run, -weights starts a new one from trained weights)"
+        )
+    _require_files(args, "solver", "weights", "snapshot", "ps_config", "machinefile")
+    if args.no_ps and args.ps_config:
+        log.warning("-no_ps: the PS configuration in %s is not used", args.ps_config)
     xp = array_module(_gpu(args))
     factory = None
     if not args.no_ps:
@@ -100,6 +126,7 @@ def train(args) -> int:
     with _naming_solver(args.solver):
         solver = load_solver(args.solver, xp=xp, trainer_factory=factory)
     try:
+        _check_snapshot_folder(args.solver, solver.snapshot_prefix())
         _install_signals(solver, args)
         if args.weights:
             for path in args.weights.split(","):
@@ -108,6 +135,17 @@ def train(args) -> int:
     finally:
         solver.close()
     return 0
+
+
+def _check_snapshot_folder(solver_path: str, prefix: str) -> None:
+    """Caffe's CheckSnapshotWritePermissions: a snapshot folder that cannot be made or written
+    fails now, not after the first `snapshot` iterations of training."""
+    folder = Path(prefix).absolute().parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise SolverError(f"{solver_path}: snapshot_prefix {prefix}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SolverError(f"{solver_path}: snapshot_prefix {prefix}: cannot write in {existing}")
 
 
 @contextlib.contextmanager
@@ -172,6 +210,7 @@ def test(args) -> int:
     from geeps_net.net import Net
     from geeps_net.solver import Solver  # noqa: F401  (keeps the import graph one-way)
 
+    _require_files(args, "model", "weights")
     xp = array_module(_gpu(args))
     stages = [s for s in args.stage.split(",") if s]
     with Net(
@@ -218,6 +257,7 @@ def time_net(args) -> int:
     """Per-layer forward/backward milliseconds averaged over `iterations` (Caffe's `caffe time`)."""
     from geeps_net.net import Net
 
+    _require_files(args, "model")
     xp = array_module(_gpu(args))
     with Net(args.model, args.phase, xp=xp) as net:
         n = len(net.layers)

@@ -161,8 +161,7 @@ def write_lmdb(
     a failure leaves no half-written DB. The map grows (doubling) whenever it fills.
     """
     out = Path(out_path)
-    if out.exists() and not overwrite:
-        raise DataError(f"{out}: already exists (pass overwrite=True to replace it)")
+    check_output(out, overwrite)
     count = 0
     with atomic_directory(out, overwrite=overwrite) as tmp:
         env = lmdb.open(str(tmp), map_size=max(int(map_size), 1 << 20), subdir=True, meminit=False)
@@ -204,11 +203,11 @@ class DatumDB:
 
     def __init__(self, path, who: str = "") -> None:
         self.path = Path(path)
-        prefix = f"{who}: " if who else ""
+        prefix = f"{who}: source " if who else ""  # a layer's source; a tool's argument
         if not (self.path / "data.mdb").is_file():
             missing = not self.path.exists()
             what = "no such file or directory" if missing else "not an LMDB directory"
-            raise DataError(f"{prefix}source {self.path}: {what}")
+            raise DataError(f"{prefix}{self.path}: {what}")
         self._key = os.path.realpath(self.path)
         with self._open_lock:
             entry = self._open.get(self._key)
@@ -216,14 +215,14 @@ class DatumDB:
                 try:
                     env = lmdb.open(self._key, readonly=True, lock=False, subdir=True)
                 except lmdb.Error as e:
-                    raise DataError(f"{prefix}source {self.path}: cannot open LMDB ({e})") from None
+                    raise DataError(f"{prefix}{self.path}: cannot open LMDB ({e})") from None
                 entry = self._open[self._key] = [env, 0]
             entry[1] += 1
         self.env = entry[0]
         self.size = self.env.stat()["entries"]
         if self.size == 0:
             self.close()
-            raise DataError(f"{prefix}source {self.path}: the database is empty")
+            raise DataError(f"{prefix}{self.path}: the database is empty")
 
     def first(self) -> tuple[bytes, bytes]:
         """(key, value) of the first record."""
@@ -253,6 +252,17 @@ class DatumDB:
 # -- tools ----------------------------------------------------------------------------------------
 
 
+def check_output(out: Path, overwrite: bool, directory: bool = True) -> None:
+    """Refuse an output that cannot be written, before any input is read: an existing one (unless
+    `overwrite`; a file where a directory goes, or the reverse), or one whose folder is missing."""
+    if out.exists() and not overwrite:
+        raise DataError(f"{out}: already exists (remove it, or use -overwrite / overwrite=True)")
+    if out.exists() and out.is_dir() != directory:
+        raise DataError(f"{out}: exists and is {'a file' if directory else 'a directory'}")
+    if not out.absolute().parent.is_dir():
+        raise DataError(f"{out}: cannot write: folder {out.parent} does not exist")
+
+
 def convert_mnist(
     images_path,
     labels_path,
@@ -270,8 +280,7 @@ def convert_mnist(
     if backend.lower() != "lmdb":
         raise DataError(f"convert_mnist: backend {backend!r} is not supported (use lmdb)")
     out = Path(out_path)
-    if out.exists() and not overwrite:
-        raise DataError(f"{out}: already exists (pass overwrite=True to replace it)")
+    check_output(out, overwrite)
     images = read_idx(images_path, IMAGES_MAGIC)
     labels = read_idx(labels_path, LABELS_MAGIC)
     if images.shape[0] != labels.shape[0]:
@@ -300,7 +309,8 @@ def compute_image_mean(db_path, out_path, progress: bool = True) -> numpy.ndarra
 
     As Caffe's compute_image_mean: pixel sums divided by the record count in float32.
     """
-    db = DatumDB(db_path, "compute_image_mean")
+    check_output(Path(out_path), overwrite=True, directory=False)
+    db = DatumDB(db_path)
     total, shape = None, None
     try:
         bar = tqdm(
@@ -324,7 +334,10 @@ def compute_image_mean(db_path, out_path, progress: bool = True) -> numpy.ndarra
     mean = total.astype(numpy.float32) / numpy.float32(count)
     blob = caffe_pb2.BlobProto(num=1, channels=shape[0], height=shape[1], width=shape[2])
     blob.data.extend(mean.reshape(-1).tolist())
-    write_atomic(out_path, blob.SerializeToString())
+    try:
+        write_atomic(out_path, blob.SerializeToString())
+    except OSError as e:
+        raise DataError(f"{out_path}: cannot write: {e.strerror or e}") from None
     for c in range(shape[0]):
         log.info("mean_value channel [%d]: %g", c, float(mean[c].mean()))
     return mean

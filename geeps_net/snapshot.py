@@ -114,11 +114,15 @@ def read_net_weights(path) -> NetWeights:
     raw = _read(path)
     if raw.startswith(HDF5_SIGNATURE):
         return _h5_read(path, raw, _h5_net_weights)
+    _refuse_foreign(path, raw, "NetParameter (.caffemodel)")
     net = caffe_pb2.NetParameter()
     try:
         net.ParseFromString(raw)
-    except DecodeError as e:
-        raise SnapshotError(f"{path}: not a binary NetParameter (.caffemodel): {e}") from None
+    except DecodeError:
+        raise SnapshotError(
+            f"{path}: not a binary NetParameter (.caffemodel): corrupt or truncated "
+            f"({len(raw)} bytes)"
+        ) from None
     if len(net.layer) and len(net.layers):
         raise SnapshotError(
             f"{path}: has both 'layer' and legacy 'layers' entries; Caffe refuses it"
@@ -221,11 +225,15 @@ def read_solverstate(path) -> tuple[int, str, list[numpy.ndarray], int]:
     raw = _read(path)
     if raw.startswith(HDF5_SIGNATURE):
         return _h5_read(path, raw, _h5_solverstate_read)
+    _refuse_foreign(path, raw, "SolverState (.solverstate)")
     state = caffe_pb2.SolverState()
     try:
         state.ParseFromString(raw)
-    except DecodeError as e:
-        raise SnapshotError(f"{path}: not a binary SolverState (.solverstate): {e}") from None
+    except DecodeError:
+        raise SnapshotError(
+            f"{path}: not a binary SolverState (.solverstate): corrupt or truncated "
+            f"({len(raw)} bytes)"
+        ) from None
     if not state.HasField("iter"):
         raise SnapshotError(f"{path}: no iteration recorded (truncated, or not a .solverstate?)")
     history = [_blob_array(h, f"{path}: history blob {i}")[0] for i, h in enumerate(state.history)]
@@ -324,6 +332,34 @@ def _h5_solverstate_read(path, f):
 
 
 # -- files ---------------------------------------------------------------------------------------
+
+_SIGNATURES = {  # leading bytes of files people hand over by mistake -> what they are
+    b"\x89PNG\r\n\x1a\n": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"\x1f\x8b": "gzip data",
+    b"PK\x03\x04": "a zip archive (.npz?)",
+    b"\x93NUMPY": "a NumPy .npy file",
+}
+
+
+def _refuse_foreign(path, raw: bytes, kind: str) -> None:
+    """Name a file of another kind (image, archive, text) before protobuf tries to parse it."""
+    what = next((name for sig, name in _SIGNATURES.items() if raw.startswith(sig)), None)
+    if what is None and raw and _looks_like_text(raw):
+        what = "text (a prototxt?)"
+    if what is not None:
+        raise SnapshotError(f"{path}: not a binary {kind}: {what}")
+
+
+def _looks_like_text(raw: bytes) -> bool:
+    """True when the first KiB is printable UTF-8: no binary protobuf of ours starts that way
+    (a serialized NetParameter begins with field tag 0x0a and a length byte)."""
+    head = raw[:1024]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\t\r\n" for c in text)
 
 
 def _read(path) -> bytes:

@@ -165,7 +165,9 @@ class Solver:
         if generic is not None:
             sources += [generic] * (len(p.test_iter) - len(sources))
         if len(sources) != len(p.test_iter):
-            raise SolverError(f"{len(p.test_iter)} test_iter values for {len(sources)} test nets")
+            raise SolverError(
+                f"{len(p.test_iter)} test_iter values for {len(sources)} test net(s)"
+            )
         if p.test_state and len(p.test_state) != len(sources):
             raise SolverError(
                 f"{len(p.test_state)} test_state entries for {len(sources)} test nets"
@@ -213,6 +215,7 @@ class Solver:
                 )  # fmt: skip
                 self._log_outputs("Train", self.trainer.outputs(), self.net)
                 log.info("Iteration %d, lr = %g", self.iter, rate)
+                self._log_ps_stats()
                 tic, tic_iter = time.perf_counter(), self.iter
             self.iter += 1
             if p.snapshot and self.iter % p.snapshot == 0 and self.is_root:
@@ -242,6 +245,21 @@ class Solver:
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         log.info("Optimization Done.")
+
+    def _log_ps_stats(self) -> None:
+        """One line of PS figures per display: stall fraction, waits and bytes moved per iteration."""
+        stats = getattr(self.trainer, "stats", None)
+        if stats is None:
+            return
+        s = stats()
+        n = max(s.get("iterations", 0), 1)
+        log.info(
+            "PS: stall %.1f%%, read wait %.3g ms/iter, %.3g MiB/iter to device, %.3g MiB/iter to host,"
+            " arena high water %.3g MiB",
+            100 * s.get("stall_fraction", 0.0), 1e3 * s.get("read_wait_s", 0.0) / n,
+            s.get("bytes_to_device", 0) / n / 2**20, s.get("bytes_to_host", 0) / n / 2**20,
+            s.get("arena_high_water", 0) / 2**20,
+        )  # fmt: skip
 
     def _smooth(self, loss: float, start: int) -> None:
         self.losses.append(loss)

@@ -112,6 +112,8 @@ LR_POLICIES: dict[str, Callable[..., float]] = {
 
 def learning_rate(param, it: int, state: LrState) -> float:
     """Caffe's GetLearningRate: LR_POLICIES[param.lr_policy]; unknown ones name the known."""
+    if not param.lr_policy:
+        raise SolverError(f"lr_policy is not set (known: {', '.join(LR_POLICIES)})")
     try:
         policy = LR_POLICIES[param.lr_policy]
     except KeyError:
@@ -276,8 +278,10 @@ def _blocks(xp, data, diff, history):
     """(data, diff, history) as matching flat blocks; the whole arrays on a GPU or when one of
     them is not contiguous (a flat view would be a copy, and writes to it would be lost)."""
     arrays = [data, diff, *history]
-    if xp is not numpy or diff.size <= UPDATE_BLOCK or not all(
-        a.flags.c_contiguous for a in arrays
+    if (
+        xp is not numpy
+        or diff.size <= UPDATE_BLOCK
+        or not all(a.flags.c_contiguous for a in arrays)
     ):
         yield data, diff, history
         return
@@ -319,7 +323,7 @@ class Nesterov(UpdateRule):
 def _check_no_momentum(rule: UpdateRule) -> None:
     if rule.param.momentum != 0:
         raise SolverError(
-            f"{rule.type}: momentum cannot be used with {rule.type} (got {rule.param.momentum})"
+            f"{rule.type}: momentum cannot be used with {rule.type} (got {rule.param.momentum:g})"
         )
 
 

@@ -233,7 +233,8 @@ class DataLayer(PrefetchingDataLayer):
             self.db = None
 
     def _decode(self, key: bytes, value: bytes):
-        where = f"source {self.source} key {key.decode(errors='replace')!r}"
+        key_text = key.decode(errors="replace")
+        where = f'layer "{self.name}" ({self.type}): source {self.source} key {key_text!r}'
         t = self.transformer
         return decode_datum(value, where, force_color=t.force_color, force_gray=t.force_gray)
 
