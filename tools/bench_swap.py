@@ -1,0 +1,74 @@
+"""Throughput under tight device budgets relative to an unlimited one, with swap traffic.
+
+    python tools/bench_swap.py [--nets lenet cifar10_quick alexnet] [--fractions 1 0.5 0.35]
+
+For each net: the unlimited footprint (every table and all local data resident), the smallest budget
+the planner accepts (as a fraction of the footprint), then for each fraction the images/s relative to
+the unlimited run and the bytes moved per iteration, measured against the plan's prediction. A fraction
+below the smallest feasible budget is raised to it (and says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_ps_common import make_solver, time_iterations, unlimited_plan  # noqa: E402
+from bench_train import NETS  # noqa: E402
+
+from geeps_net.backend import set_threads  # noqa: E402
+from geeps_net.ps.config import Config  # noqa: E402
+
+MIB = 2**20
+
+
+def measure(name, budget, args):
+    """(median s/iteration, stats) at `budget` bytes (0 = unlimited)."""
+    solver = make_solver(name, Config(gpu_memory_capacity=budget))
+    try:
+        runs = [time_iterations(solver, args.iters, args.warmup) for _ in range(args.repeats)]
+        return statistics.median(runs), solver.trainer.stats()
+    finally:
+        solver.close()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nets", nargs="+", default=["lenet", "cifar10_quick"], choices=NETS)
+    parser.add_argument("--fractions", nargs="+", type=float, default=[1.0, 0.5, 0.35])
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    for name in args.nets:
+        plan = unlimited_plan(name)
+        full, smallest = plan.total_bytes, plan.min_budget
+        print(f"{name}: footprint {full / MIB:.1f} MiB, smallest budget {smallest / MIB:.1f} MiB "
+              f"= {smallest / full:.2f} of it")  # fmt: skip
+        base, _ = measure(name, 0, args)
+        for fraction in args.fractions:
+            budget = 0 if fraction >= 1 else max(int(fraction * full), smallest)
+            note = "" if not budget or budget == int(fraction * full) else " (raised to smallest)"
+            seconds, s = measure(name, budget, args) if budget else (base, None)
+            line = f"  budget {fraction:.0%}{note}: throughput ratio {base / seconds:.2f}"
+            if s is not None:
+                n = max(s["iterations"], 1)
+                moved = (s["bytes_to_device"] + s["bytes_to_host"]) / n
+                predicted = s["predicted_to_device"] + s["predicted_to_host"]
+                error = abs(moved - predicted) / predicted if predicted else 0.0
+                line += (f", moved {moved / MIB:.2f} MiB/iter vs plan {predicted / MIB:.2f} "
+                         f"({100 * error:.1f}% off), stall {100 * s['stall_fraction']:.1f}%")  # fmt: skip
+            print(line)
+            print(f"ratio {name} {fraction:.0%} = {base / seconds:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
