@@ -1,4 +1,4 @@
-"""Shared by the PS benchmarks: a net's solver on fixed random data, timed through a given trainer."""
+"""Shared by the PS benchmarks: a net's solver on fixed random data, timed through a trainer."""
 
 from __future__ import annotations
 

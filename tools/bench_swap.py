@@ -3,9 +3,9 @@
     python tools/bench_swap.py [--nets lenet cifar10_quick alexnet] [--fractions 1 0.5 0.35]
 
 For each net: the unlimited footprint (every table and all local data resident), the smallest budget
-the planner accepts (as a fraction of the footprint), then for each fraction the images/s relative to
-the unlimited run and the bytes moved per iteration, measured against the plan's prediction. A fraction
-below the smallest feasible budget is raised to it (and says so).
+the planner accepts (as a fraction of the footprint), then for each fraction the images/s relative
+to the unlimited run and the bytes moved per iteration, measured against the plan's prediction. A
+fraction below the smallest feasible budget is raised to it (and says so).
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def main(argv=None) -> int:
                 moved = (s["bytes_to_device"] + s["bytes_to_host"]) / n
                 predicted = s["predicted_to_device"] + s["predicted_to_host"]
                 error = abs(moved - predicted) / predicted if predicted else 0.0
-                line += (f", moved {moved / MIB:.2f} MiB/iter vs plan {predicted / MIB:.2f} "
-                         f"({100 * error:.1f}% off), stall {100 * s['stall_fraction']:.1f}%")  # fmt: skip
+                line += f", moved {moved / MIB:.2f} MiB/iter vs plan {predicted / MIB:.2f} "
+                line += f"({100 * error:.1f}% off), stall {100 * s['stall_fraction']:.1f}%"
             print(line)
             print(f"ratio {name} {fraction:.0%} = {base / seconds:.2f}")
     return 0
