@@ -10,7 +10,14 @@ from __future__ import annotations
 import math
 
 from geeps_net.layer import Layer, register
+from geeps_net.layers.conv_cl import ChannelsLastColumns
 from geeps_net.layers.im2col import batch_chunks, col2im, conv_geometry, im2col, window_view
+
+# Convolutions with MIN..MAX input channels per group use channels-last columns (conv_cl.py):
+# their copies move runs of kernel_w·C (or C/group) elements instead of out_w. Measured faster at
+# 20-32 channels (LeNet conv2, CIFAR-10 conv2/conv3), slower at 3 and at 48-256 (AlexNet), where
+# the short copies save less than the output transposes and GEMM shapes cost.
+CHANNELS_LAST_MIN, CHANNELS_LAST_MAX = 8, 32
 
 _HW_FIELDS = {"kernel_size": "kernel", "pad": "pad", "stride": "stride"}
 
@@ -129,7 +136,7 @@ class BaseConvolutionLayer(_ConvGeometryLayer):
 
 
 @register("Convolution")
-class ConvolutionLayer(BaseConvolutionLayer):
+class ConvolutionLayer(ChannelsLastColumns, BaseConvolutionLayer):
     """top = W ⋆ bottom + b per group: one GEMM (num_output × C·K/group) × (C·K/group × N·P).
 
     Output size per axis: (in + 2·pad − (dilation·(k − 1) + 1)) // stride + 1.
@@ -139,6 +146,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
         in_size = self._check_bottoms(bottoms)
         self.geom = self._geometry(in_size)
         self.flip_geom = self._transposed_geometry()
+        per_group = self.channels // self.group
+        self.channels_last = CHANNELS_LAST_MIN <= per_group <= CHANNELS_LAST_MAX
         shape = bottoms[0].shape[: self.axis] + (self.num_output,) + self.geom.out_size
         for top in tops:
             top.reshape(shape)
@@ -165,6 +174,9 @@ class ConvolutionLayer(BaseConvolutionLayer):
         return im2col(xp, x, self.geom).reshape(self.group, -1, x.shape[0] * self.geom.out_count)
 
     def forward(self, xp, bottoms, tops):
+        if self.channels_last:
+            self._forward_cl(xp, bottoms, tops)
+            return
         g, out_count, w = self.geom, self.geom.out_count, self._weights()
         for bottom, top in zip(bottoms, tops, strict=True):
             x = bottom.data.reshape((self.num, self.channels) + g.in_size)
@@ -175,6 +187,9 @@ class ConvolutionLayer(BaseConvolutionLayer):
             self._add_bias(y)
 
     def backward(self, xp, tops, propagate_down, bottoms):
+        if self.channels_last:
+            self._backward_cl(xp, tops, propagate_down, bottoms)
+            return
         g, w_diff = self.geom, self._weights("diff")
         w_data = self._weights().swapaxes(1, 2)
         if self.flip_geom is not None:

@@ -77,10 +77,11 @@ def conv_geometry(in_size, kernel, pad, stride, dilation) -> ConvGeometry:
     )
 
 
-def batch_chunks(xp, num: int, per_image: int, cpu_budget: int = CPU_COL_BUDGET):
+def batch_chunks(xp, num: int, per_image: int, cpu_budget: int | None = None):
     """Ranges (start, stop) of whole images holding at most the backend's budget of elements
-    (`cpu_budget` with NumPy, GPU_COL_BUDGET with CuPy); at least one image per range."""
-    budget = cpu_budget if xp is numpy else GPU_COL_BUDGET
+    (`cpu_budget`, default CPU_COL_BUDGET, with NumPy; GPU_COL_BUDGET with CuPy); at least one
+    image per range."""
+    budget = (cpu_budget or CPU_COL_BUDGET) if xp is numpy else GPU_COL_BUDGET
     step = max(1, budget // max(per_image, 1))
     return [(n, min(n + step, num)) for n in range(0, num, step)]
 
@@ -126,6 +127,48 @@ def col2im(xp, col, geom: ConvGeometry, out) -> None:
         target = buf[lead + geom.offset_slices(offset)]
         target += col[(slice(None),) + offset]
     out[...] = buf[lead + geom.center()].swapaxes(0, 1)
+
+
+def channels_last_padded(xp, x, geom: ConvGeometry):
+    """x (n, C, *in) as a zero-padded channels-last copy (n, *padded, C)."""
+    buf = xp.zeros(x.shape[:1] + geom.padded + x.shape[1:2], dtype=x.dtype)
+    buf[(slice(None),) + geom.center()] = xp.moveaxis(x, 1, -1)
+    return buf
+
+
+def im2col_cl(xp, x_cl, geom: ConvGeometry, group: int = 1):
+    """Contiguous channels-last columns (n, *out, group, *kernel, C/group) of x_cl (n, *padded, C).
+
+    As matrices (n·P, group, K·C/group): one row per output position, each group's taps in
+    (kernel, channel) order. With group 1 and dilation 1 along the last axis each copied run is
+    kernel_w·C contiguous inputs long (C/group otherwise), where channels-first columns copy runs
+    of out_w.
+    """
+    s_n, *s_sp, s_c = x_cl.strides
+    per_group = x_cl.shape[-1] // group
+    shape = x_cl.shape[:1] + geom.out_size + (group,) + geom.kernel + (per_group,)
+    strides = (
+        (s_n,)
+        + tuple(st * s for st, s in zip(s_sp, geom.stride, strict=True))
+        + (per_group * s_c,)
+        + tuple(st * d for st, d in zip(s_sp, geom.dilation, strict=True))
+        + (s_c,)
+    )
+    return xp.ascontiguousarray(xp.lib.stride_tricks.as_strided(x_cl, shape, strides))
+
+
+def col2im_cl(xp, dcol, geom: ConvGeometry, out) -> None:
+    """out (n, C, *in) = the adjoint of im2col_cl(channels_last_padded(·)) applied to dcol
+    (n, *out, group, *kernel, C/group): one strided add per kernel offset into channels-last
+    scratch."""
+    spatial = len(geom.kernel)
+    groups = dcol.shape[:1] + geom.padded + (dcol.shape[1 + spatial], dcol.shape[-1])
+    buf = xp.zeros(groups, dtype=dcol.dtype)  # (n, *padded, group, C/group)
+    for offset in itertools.product(*(range(k) for k in geom.kernel)):
+        target = buf[(slice(None),) + geom.offset_slices(offset)]
+        target += dcol[(slice(None),) * (2 + spatial) + offset]
+    buf = buf.reshape(buf.shape[: 1 + spatial] + (-1,))
+    out[...] = xp.moveaxis(buf[(slice(None),) + geom.center()], -1, 1)
 
 
 def window_range(offset: int, size: int, pad: int, stride: int, count: int):

@@ -118,27 +118,21 @@ def _phase_shape(geom: PoolGeometry) -> tuple[int, int, int]:
     return rows, geom.stride[1], geom.out_size[1] + (geom.kernel[1] - 1) // geom.stride[1]
 
 
-def _phase_parts(geom: PoolGeometry):
-    """(rows, phase, lo, hi, input columns): which part of the phase layout holds which input.
+def _to_phases(xp, x, geom: PoolGeometry, fill: float):
+    """x (N, C, H, W) in phase layout (N, C, rows, sw, cols), `fill` where windows read padding.
 
-    Phase layout (…, rows, sw, cols): padded row r is input row r − pad_h, and padded column
-    q·sw + p sits at phase p, column q. Every kernel offset then reads a contiguous run of
-    columns: one strided copy in, instead of strided reads at every offset (3-10x faster).
+    Padded row r is input row r − pad_h; padded column q·sw + p sits at phase p, column q. Every
+    kernel offset then reads contiguous runs of columns: one strided copy in, instead of strided
+    reads at every offset (measured 1.4x faster on CIFAR-10's 3x3/2 max pooling forward).
     """
     rows, sw, cols = _phase_shape(geom)
+    buf = xp.full(x.shape[:2] + (rows, sw, cols), fill, dtype=x.dtype)
     (ph, pw), (height, width) = geom.pad, geom.in_size
-    in_rows = slice(ph, min(ph + height, rows))
+    in_rows = min(ph + height, rows) - ph
     for p in range(sw):
         lo, hi, sl = window_range(p, width, pw, sw, cols)
         if sl is not None:
-            yield in_rows, p, lo, hi, sl
-
-
-def _to_phases(xp, x, geom: PoolGeometry, fill: float):
-    """x (N, C, H, W) in phase layout (N, C, rows, sw, cols), `fill` where windows read padding."""
-    buf = xp.full(x.shape[:2] + _phase_shape(geom), fill, dtype=x.dtype)
-    for rows, p, lo, hi, cols in _phase_parts(geom):
-        buf[:, :, rows, p, lo:hi] = x[:, :, : rows.stop - rows.start, cols]
+            buf[:, :, ph : ph + in_rows, p, lo:hi] = x[:, :, :in_rows, sl]
     return buf
 
 

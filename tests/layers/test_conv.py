@@ -4,6 +4,7 @@ import numpy
 import pytest
 from numpy.testing import assert_allclose
 
+import geeps_net.layers.conv as conv_module
 import geeps_net.layers.im2col as im2col_module
 from geeps_net.backend import to_host
 from geeps_net.errors import LayerError
@@ -111,12 +112,21 @@ CONV_CASES = {
 }
 
 
+@pytest.fixture(params=["channels_first", "channels_last"])
+def layout(request, monkeypatch):
+    """Run a test with both column layouts of Convolution."""
+    minimum = 0 if request.param == "channels_last" else 1 << 30
+    monkeypatch.setattr(conv_module, "CHANNELS_LAST_MIN", minimum)
+    monkeypatch.setattr(conv_module, "CHANNELS_LAST_MAX", 1 << 30)
+    return request.param
+
+
 def _params(rng, w_shape, bias, num_output):
     return [rng.standard_normal(w_shape)] + ([rng.standard_normal(num_output)] if bias else [])
 
 
 @pytest.mark.parametrize("name", sorted(CONV_CASES))
-def test_convolution(xp, name):
+def test_convolution(xp, name, layout):
     text, shape, geometry, group, bias = CONV_CASES[name]
     rng = numpy.random.default_rng(0)
     x = rng.standard_normal(shape)
@@ -130,7 +140,7 @@ def test_convolution(xp, name):
 
 
 @pytest.mark.parametrize("num_output", [2, 12])
-def test_convolution_data_gradient_paths(xp, num_output):
+def test_convolution_data_gradient_paths(xp, num_output, layout):
     """Stride 1: a flipped-kernel convolution of dy when cheap (few outputs), else col2im."""
     text = f"num_output: {num_output} kernel_size: 3 pad: 1"
     text = f'type: "Convolution" convolution_param {{ {text} }}'
@@ -140,7 +150,7 @@ def test_convolution_data_gradient_paths(xp, num_output):
     check_gradient(xp, make_layer(text), [(2, 3, 4, 4)])
 
 
-def test_convolution_3d(xp):
+def test_convolution_3d(xp, layout):
     rng = numpy.random.default_rng(1)
     x = rng.standard_normal((1, 2, 4, 5, 5))
     params = _params(rng, (2, 2, 3, 3, 3), True, 2)
@@ -150,7 +160,7 @@ def test_convolution_3d(xp):
     check_gradient(xp, make_layer(text), [x], params=params)
 
 
-def test_convolution_axis(xp):
+def test_convolution_axis(xp, layout):
     """axis: 2 on (2, 3, 4, 5): 6 images of 4 channels and one spatial axis of 5."""
     rng = numpy.random.default_rng(2)
     x = rng.standard_normal((2, 3, 4, 5))
@@ -162,7 +172,7 @@ def test_convolution_axis(xp):
     check_gradient(xp, make_layer(text), [x], params=params)
 
 
-def test_convolution_two_bottoms_share_weights(xp):
+def test_convolution_two_bottoms_share_weights(xp, layout):
     rng = numpy.random.default_rng(3)
     a, b = rng.standard_normal((1, 2, 4, 4)), rng.standard_normal((1, 2, 4, 4))
     params = _params(rng, (3, 2, 3, 3), True, 3)
@@ -174,7 +184,7 @@ def test_convolution_two_bottoms_share_weights(xp):
     check_gradient(xp, make_layer(text), [a, b], params=params)
 
 
-def test_convolution_accumulates_param_diffs(xp):
+def test_convolution_accumulates_param_diffs(xp, layout):
     layer = make_layer('type: "Convolution" convolution_param { num_output: 2 kernel_size: 2 }')
     rig = LayerRig(xp, layer, [numpy.random.default_rng(4).standard_normal((2, 2, 3, 3))])
     rig.forward()
@@ -186,7 +196,7 @@ def test_convolution_accumulates_param_diffs(xp):
         assert_allclose(twice, 2 * first)
 
 
-def test_convolution_in_chunks(xp, monkeypatch):
+def test_convolution_in_chunks(xp, monkeypatch, layout):
     """A batch larger than the column budget runs in chunks of whole images, same numbers."""
     text = 'type: "Convolution" convolution_param { num_output: 3 kernel_size: 3 stride: 2 pad: 1 }'
     rng = numpy.random.default_rng(5)
