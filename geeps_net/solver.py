@@ -51,8 +51,9 @@ class ResidentTrainer:
         for p, history in zip(params, self.history):
             blob = p.blob
             normalize(xp, blob.diff, iter_size)
-            self.rule.update(xp, it, rate, p.lr_mult, p.decay_mult, blob.data, blob.diff, history)
-            blob.data -= blob.diff
+            self.rule.update(
+                xp, it, rate, p.lr_mult, p.decay_mult, blob.data, blob.diff, history, then="subtract"
+            )
         return loss
 
     def outputs(self) -> dict[str, numpy.ndarray]:
