@@ -30,7 +30,7 @@ class SnapshotError(GeepsError):
 
 
 class PsError(GeepsError):
-    """The parameter server cannot go on: a plan that does not fit, a call out of protocol, a failed thread."""
+    """The PS cannot go on: a plan that does not fit, a misused call, a failed thread."""
 
 
 class PsConfigError(PsError):
