@@ -2,10 +2,9 @@
 releases.
 
 A pure pass over a built Net (DESIGN §4, "Virtual iteration"). The worker walks the schedule with
-compute
-off to record the op sequence and with compute on for every real iteration, so the record *is* the
-iteration. Keys are ("data", blob), ("diff", blob), ("internal", blob), ("frozen", blob), tables are
-indexes into `Schedule.tables`.
+compute off to record the op sequence and with compute on for every real iteration, so the record
+*is* the iteration. Keys are ("data", blob), ("diff", blob), ("internal", blob), ("frozen", blob),
+tables are indexes into `Schedule.tables`.
 """
 
 from __future__ import annotations
@@ -52,12 +51,15 @@ class Schedule:
     table_of: dict  # id(learnable blob) -> table index
 
 
-def build_schedule(net, layers_per_table: int = 1) -> Schedule:
-    """The schedule for a TRAIN net (backward included where the net needs it)."""
+def build_schedule(net, layers_per_table: int = 1, train: bool = True) -> Schedule:
+    """One iteration's schedule: forward, then (when `train`) backward where the net needs it."""
     tables, table_of = _tables(net, layers_per_table)
-    locals_ = _local_keys(net, table_of)
-    forward = _forward_steps(net, table_of, locals_)
-    backward, updated = _backward_steps(net, table_of, locals_)
+    locals_ = _local_keys(net, table_of, train)
+    forward = _forward_steps(net, table_of, locals_, train)
+    if train:
+        backward, updated = _backward_steps(net, table_of, locals_)
+    else:  # forward only (testing, inference): no diffs, no updates
+        backward, updated = [], set(range(len(tables)))
     idle = [t for t in range(len(tables)) if t not in updated]
     return Schedule(tables, locals_, forward, backward, idle, table_of)
 
@@ -102,9 +104,9 @@ def _diff_needed(net) -> set[int]:
     return need
 
 
-def _local_keys(net, table_of) -> dict:
+def _local_keys(net, table_of, train: bool) -> dict:
     keys = {}
-    diffs = _diff_needed(net)
+    diffs = _diff_needed(net) if train else set()
     for blob in net.blobs.values():
         kind = "input" if _produced_by_data_layer(net, blob) else "activation"
         keys["data", blob.name] = (blob, kind)
@@ -181,11 +183,11 @@ def _read_later(order: list[list], position: int, key) -> bool:
     return any(key in keys for keys in order[position + 1 :])
 
 
-def _forward_steps(net, table_of, locals_) -> list[Step]:
+def _forward_steps(net, table_of, locals_, train: bool) -> list[Step]:
     """Forward steps; a blob held by layer i and used by layer i+1 stays held between them."""
     n = len(net.layers)
     uses = [_forward_uses(net, i, table_of) for i in range(n)]
-    backward_keys = {k for i in range(n) if net.layer_need_backward[i]
+    backward_keys = {k for i in range(n) if train and net.layer_need_backward[i]
                      for k, _ in _backward_uses(net, i, table_of, locals_)}  # fmt: skip
     later = [[k for k, _ in u] for u in uses]
     steps, held = [], set()

@@ -1,10 +1,8 @@
 """The solver loop (Caffe's Solver::Step/Solve): test, display, update, snapshot, resume.
 
-The per-iteration work is done by a *trainer*: `worker.PsTrainer` (through the parameter server,
-the default)
-or `ResidentTrainer` below (no PS: every blob resident, Caffe's own order). Both compute the same
-numbers;
-tests pin them down as bit-identical.
+The per-iteration work is done by a *trainer*: `worker.PsTrainer` (through the parameter server, the
+default) or `ResidentTrainer` below (no PS: every blob resident, Caffe's own order). Both compute
+the same numbers; tests pin them down as bit-identical.
 """
 
 from __future__ import annotations
@@ -52,7 +50,15 @@ class ResidentTrainer:
             blob = p.blob
             normalize(xp, blob.diff, iter_size)
             self.rule.update(
-                xp, it, rate, p.lr_mult, p.decay_mult, blob.data, blob.diff, history, then="subtract"
+                xp,
+                it,
+                rate,
+                p.lr_mult,
+                p.decay_mult,
+                blob.data,
+                blob.diff,
+                history,
+                then="subtract",
             )
         return loss
 
@@ -101,6 +107,15 @@ def weights_by_layer(net: Net, arrays) -> dict[str, list]:
     return {
         layer.name: [by_blob[id(b)] for b in layer.blobs] for layer in net.layers if layer.blobs
     }
+
+
+def learnable_values(net: Net, weights: dict) -> list:
+    """Arrays for `net.learnable` from layer name -> arrays (None where the layer is absent)."""
+    out = []
+    for p in net.learnable:
+        arrays = weights.get(net.layers[p.layer_index].name)
+        out.append(arrays[p.param_index] if arrays else None)
+    return out
 
 
 class Solver:
@@ -166,9 +181,7 @@ class Solver:
         if generic is not None:
             sources += [generic] * (len(p.test_iter) - len(sources))
         if len(sources) != len(p.test_iter):
-            raise SolverError(
-                f"{len(p.test_iter)} test_iter values for {len(sources)} test net(s)"
-            )
+            raise SolverError(f"{len(p.test_iter)} test_iter values for {len(sources)} test net(s)")
         if p.test_state and len(p.test_state) != len(sources):
             raise SolverError(
                 f"{len(p.test_state)} test_state entries for {len(sources)} test nets"
@@ -248,15 +261,15 @@ class Solver:
         log.info("Optimization Done.")
 
     def _log_ps_stats(self) -> None:
-        """One line of PS figures per display: stall fraction, waits and bytes moved per iteration."""
+        """One line of PS figures per display: stall fraction, waits, bytes moved per iteration."""
         stats = getattr(self.trainer, "stats", None)
         if stats is None:
             return
         s = stats()
         n = max(s.get("iterations", 0), 1)
         log.info(
-            "PS: stall %.1f%%, read wait %.3g ms/iter, %.3g MiB/iter to device, %.3g MiB/iter to host,"
-            " arena high water %.3g MiB",
+            "PS: stall %.1f%%, read wait %.3g ms/iter, %.3g MiB/iter to device, "
+            "%.3g MiB/iter to host, arena high water %.3g MiB",
             100 * s.get("stall_fraction", 0.0), 1e3 * s.get("read_wait_s", 0.0) / n,
             s.get("bytes_to_device", 0) / n / 2**20, s.get("bytes_to_host", 0) / n / 2**20,
             s.get("arena_high_water", 0) / 2**20,
@@ -403,13 +416,7 @@ class Solver:
         self.trainer.load(params=self._learnable_order(weights))
 
     def _learnable_order(self, weights: dict) -> list:
-        net = self.net
-        return [
-            weights[net.layers[p.layer_index].name][p.param_index]
-            if net.layers[p.layer_index].name in weights
-            else None
-            for p in net.learnable
-        ]
+        return learnable_values(self.net, weights)
 
     def close(self) -> None:
         self.trainer.close()
