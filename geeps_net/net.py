@@ -1,10 +1,8 @@
 """Net: the ordered layers and blobs of one NetParameter; forward/backward one layer at a time.
 
 The Net knows nothing of the parameter server. It runs either *resident* (every blob bound to its
-own array:
-inference, tests, the no-PS baseline) or *bound from outside* (the worker hands each layer PS
-buffers before
-`forward_layer(i)` / `backward_layer(i)`).
+own array: inference, tests, the no-PS baseline) or *bound from outside* (the worker hands each
+layer PS buffers before `forward_layer(i)` / `backward_layer(i)`).
 """
 
 from __future__ import annotations
