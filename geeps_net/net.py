@@ -165,15 +165,18 @@ class Net:
         return loss
 
     def set_loss_diffs(self, i: int) -> None:
-        """Preset the diff of layer i's loss-weighted tops to their loss weight (Caffe does it once at
-        setup; a PS-bound diff does not outlive its access, so the worker calls this every backward)."""
+        """Preset the diff of layer i's loss-weighted tops to their loss weight.
+
+        Caffe does it once at setup; a PS-bound diff does not outlive its access, so the worker
+        calls this before every backward."""
         for top, weight in zip(self.tops[i], self.loss_weights[i]):
             if weight:
                 top.diff[...] = weight
 
     def backward_layer(self, i: int) -> None:
         """Run layer i's backward on bound blobs."""
-        self.layers[i].backward(self.xp, self.tops[i], self.bottom_need_backward[i], self.bottoms[i])
+        layer, down = self.layers[i], self.bottom_need_backward[i]
+        layer.backward(self.xp, self.tops[i], down, self.bottoms[i])
 
     def forward(self, start: int = 0, end: int | None = None, **inputs) -> dict:
         """Resident forward from layer `start` to `end`; feeds `inputs` by blob name; returns
