@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     """Entry point of the `geeps-net` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a launcher runs again
     if not args.command:
         parser.print_help()
         return 2

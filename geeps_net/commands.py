@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy
 
-from geeps_net.backend import array_module, gpu_available
+from geeps_net.backend import array_module, gpu_available, set_threads, to_host
 from geeps_net.cli import command, flag
 from geeps_net.errors import GeepsError, NetError, PrototxtError, SolverError
 
@@ -95,19 +95,16 @@ def _train_flags(p) -> None:
     flag(p, "gpu", default=None, help="GPU id (absent: CPU)")
     flag(p, "sigint_effect", default="stop", choices=["stop", "snapshot", "none"])
     flag(p, "sighup_effect", default="snapshot", choices=["stop", "snapshot", "none"])
-    flag(
-        p, "workers", type=int, default=1, help="local worker processes (each also a server shard)"
-    )
-    flag(p, "machinefile", default="", help="one host per line: a multi-machine job")
-    flag(
-        p, "worker_id", type=int, default=None, help="this process's worker id (with -machinefile)"
-    )
+    flag(p, "workers", type=int, default=1, help="worker processes (each also a server shard)")
+    flag(p, "machinefile", default="", help="one host per line (worker i on line i)")
+    flag(p, "worker_id", type=int, default=None, help="this process's worker id (from 0)")
     _ps_flags(p)
 
 
 def train(args) -> int:
-    """Train a net from a solver file, through the parameter server unless -no_ps."""
-    from geeps_net.solver import load_solver
+    """Train a net from a solver file, through the parameter server unless -no_ps; with several
+    workers under -workers N, -machinefile F or mpirun/srun (geeps_net/distributed.py)."""
+    from geeps_net import distributed
 
     if args.weights and args.snapshot:
         raise GeepsError(
@@ -117,21 +114,48 @@ def train(args) -> int:
     _require_files(args, "solver", "weights", "snapshot", "ps_config", "machinefile")
     if args.no_ps and args.ps_config:
         log.warning("-no_ps: the PS configuration in %s is not used", args.ps_config)
+    config = None if args.no_ps else _ps_config(args)
+    role = distributed.resolve(args, config)
+    config = distributed.with_servers(config, role, args.workers, args.num_servers is not None)
+    if role is distributed.cluster.LAUNCH:
+        return distributed.launch(args, config)
     xp = array_module(_gpu(args))
+    if role is not None:
+        return distributed.run_worker(
+            args, role, config, xp, lambda factory, **kw: _solve(args, xp, factory, **kw)
+        )
     factory = None
     if not args.no_ps:
         from geeps_net.worker import ps_trainer_factory
 
-        factory = ps_trainer_factory(_ps_config(args), xp=xp)
+        factory = ps_trainer_factory(config, xp=xp)
+    return _solve(args, xp, factory)
+
+
+def _solve(args, xp, factory, data_shard=(0, 1), is_root=True, prepare=None) -> int:
+    """Build the Solver, load -weights / -snapshot, train. With several workers `prepare(solver)`
+    runs before the first iteration (after a restore) and no signal handlers are installed."""
+    from geeps_net.solver import load_solver
+
     with _naming_solver(args.solver):
-        solver = load_solver(args.solver, xp=xp, trainer_factory=factory)
+        solver = load_solver(
+            args.solver, xp=xp, trainer_factory=factory, data_shard=data_shard, is_root=is_root
+        )
     try:
-        _check_snapshot_folder(args.solver, solver.snapshot_prefix())
-        _install_signals(solver, args)
+        if is_root:
+            _check_snapshot_folder(args.solver, solver.snapshot_prefix())
+        if prepare is None:  # stop/snapshot at the end of an iteration: one process only
+            _install_signals(solver, args)
         if args.weights:
             for path in args.weights.split(","):
                 solver.load_weights(path)
-        solver.solve(resume_file=args.snapshot or None)
+        resume = args.snapshot or None
+        if prepare is not None:
+            if resume:
+                solver.restore(resume)
+                resume = None
+            prepare(solver)
+        solver.solve(resume_file=resume)
     finally:
         solver.close()
     return 0
@@ -200,43 +224,76 @@ def _test_flags(p) -> None:
     flag(p, "level", type=int, default=0)
     flag(p, "stage", default="", help="comma-separated NetState stages")
     flag(p, "gpu", default=None)
+    flag(p, "threads", type=int, default=None, help="BLAS threads (default: the library's)")
+    _ps_flags(p)
+
+
+def _ps_trainer(net, args, xp, train: bool, rule=None, param=None):
+    """A PsTrainer over an in-process shard for `net` (built with resident=False)."""
+    from geeps_net.proto import caffe_pb2
+    from geeps_net.worker import ps_trainer_factory
+
+    param = param or caffe_pb2.SolverParameter()
+    trainer = ps_trainer_factory(_ps_config(args), xp=xp, train=train)(net, rule, param)
+    return trainer
 
 
 def test(args) -> int:
     """Score a model: `iterations` forward passes, per-batch and mean outputs (Caffe's `caffe
-    test`)."""
+    test`), through the parameter server unless -no_ps."""
     from tqdm import tqdm
 
     from geeps_net.net import Net
-    from geeps_net.solver import Solver  # noqa: F401  (keeps the import graph one-way)
+    from geeps_net.snapshot import match_weights, read_net_weights
+    from geeps_net.solver import learnable_values
 
-    _require_files(args, "model", "weights")
+    _require_files(args, "model", "weights", "ps_config")
+    set_threads(args.threads)
     xp = array_module(_gpu(args))
     stages = [s for s in args.stage.split(",") if s]
-    with Net(
-        args.model, args.phase, args.weights or None, level=args.level, stages=stages, xp=xp
-    ) as net:
-        totals, loss = {}, 0.0
-        for i in tqdm(range(args.iterations), desc="test", unit="batch", disable=None):
-            outputs = net.forward()
-            loss += net.loss
-            index = 0
-            for name, value in outputs.items():
-                values = numpy.ravel(numpy.asarray(value.get() if hasattr(value, "get") else value))
-                for v in values:
-                    log.info("Batch %d, %s = %g", i, name, v)
-                    index += 1
-                totals[name] = totals.get(name, 0.0) + values.astype(numpy.float64)
-        log.info("Loss: %g", loss / args.iterations)
-        weights = {
-            t.name: w for tops, ws in zip(net.tops, net.loss_weights) for t, w in zip(tops, ws)
-        }
-        for name, total in totals.items():
-            for v in total / args.iterations:
-                w = weights.get(name, 0.0)
-                suffix = f" (* {w:g} = {w * v:g} loss)" if w else ""
-                log.info("%s = %g%s", name, v, suffix)
+    resident = args.no_ps
+    net = Net(args.model, args.phase, level=args.level, stages=stages, xp=xp, resident=resident)
+    trainer = None
+    try:
+        weights = {}
+        if args.weights:
+            wanted = {layer.name: [b.shape for b in layer.blobs] for layer in net.layers}
+            weights = match_weights(read_net_weights(args.weights), wanted, args.weights)
+        if resident:
+            net.copy_from(weights, args.weights) if weights else None
+
+            def run():
+                outputs = net.forward()
+                return net.loss, {k: to_host(v) for k, v in outputs.items()}
+        else:
+            trainer = _ps_trainer(net, args, xp, train=False)
+            if weights:
+                trainer.load(params=learnable_values(net, weights))
+            run = trainer.forward_pass
+        _score(net, run, args.iterations, tqdm)
+    finally:
+        (trainer or net).close()
     return 0
+
+
+def _score(net, run, iterations: int, tqdm) -> None:
+    """Log each batch's outputs and the means, as `caffe test` does."""
+    totals, loss = {}, 0.0
+    for i in tqdm(range(iterations), desc="test", unit="batch", disable=None):
+        batch_loss, outputs = run()
+        loss += batch_loss
+        for name, value in outputs.items():
+            values = numpy.ravel(value)
+            for v in values:
+                log.info("Batch %d, %s = %g", i, name, v)
+            totals[name] = totals.get(name, 0.0) + values.astype(numpy.float64)
+    log.info("Loss: %g", loss / iterations)
+    weights = {t.name: w for tops, ws in zip(net.tops, net.loss_weights) for t, w in zip(tops, ws)}
+    for name, total in totals.items():
+        for v in total / iterations:
+            w = weights.get(name, 0.0)
+            suffix = f" (* {w:g} = {w * v:g} loss)" if w else ""
+            log.info("%s = %g%s", name, v, suffix)
 
 
 test.add_flags = _test_flags
@@ -251,47 +308,82 @@ def _time_flags(p) -> None:
     flag(p, "iterations", type=int, default=50)
     flag(p, "phase", default="TRAIN", choices=["TRAIN", "TEST"])
     flag(p, "gpu", default=None)
+    flag(p, "threads", type=int, default=None, help="BLAS threads (default: the library's)")
+    _ps_flags(p)
 
 
 def time_net(args) -> int:
-    """Per-layer forward/backward milliseconds averaged over `iterations` (Caffe's `caffe time`)."""
+    """Per-layer forward/backward milliseconds averaged over `iterations` (Caffe's `caffe time`).
+
+    Through the PS (the default) an iteration is what training does: reads, forward, backward, an
+    SGD update at rate 0 into the PS and the clock; with -no_ps, forward and backward only."""
     from geeps_net.net import Net
 
-    _require_files(args, "model")
+    _require_files(args, "model", "ps_config")
+    set_threads(args.threads)
     xp = array_module(_gpu(args))
-    with Net(args.model, args.phase, xp=xp) as net:
-        n = len(net.layers)
-        forward_ms, backward_ms = numpy.zeros(n), numpy.zeros(n)
-        log.info("Performing Forward")
-        net.forward()
-        log.info("Initial loss: %g", net.loss)
-        log.info("Performing Backward")
-        net.backward()
+    net = Net(args.model, args.phase, xp=xp, resident=args.no_ps)
+    n = len(net.layers)
+    seconds = [numpy.zeros(n), numpy.zeros(n)]
+    if args.no_ps:
+        runner, closer = _resident_iteration(net, xp, seconds), net
+    else:
+        runner, closer = _ps_iteration(net, args, xp, seconds)
+    try:
+        log.info("Performing Forward and Backward once (warm-up)")
+        runner()
+        for part in seconds:
+            part[...] = 0
         total = time.perf_counter()
         for _ in range(args.iterations):
-            for i in range(n):
-                t = time.perf_counter()
-                net.forward_layer(i)
-                _sync(xp)
-                forward_ms[i] += (time.perf_counter() - t) * 1e3
-            for i in reversed(range(n)):
-                if net.layer_need_backward[i]:
-                    t = time.perf_counter()
-                    net.backward_layer(i)
-                    _sync(xp)
-                    backward_ms[i] += (time.perf_counter() - t) * 1e3
+            runner()
         total = (time.perf_counter() - total) * 1e3
-        log.info("*** Benchmark begins ***")
-        log.info("Average time per layer: ")
-        for i, layer in enumerate(net.layers):
-            log.info("%16s\tforward: %g ms.", layer.name, forward_ms[i] / args.iterations)
-            log.info("%16s\tbackward: %g ms.", layer.name, backward_ms[i] / args.iterations)
-        log.info("Average Forward pass: %g ms.", forward_ms.sum() / args.iterations)
-        log.info("Average Backward pass: %g ms.", backward_ms.sum() / args.iterations)
-        log.info("Average Forward-Backward: %g ms.", total / args.iterations)
-        log.info("Total Time: %g ms.", total)
-        log.info("*** Benchmark ends ***")
+    finally:
+        closer.close()
+    forward_ms, backward_ms = (1e3 * part / args.iterations for part in seconds)
+    log.info("*** Benchmark begins ***")
+    log.info("Average time per layer: ")
+    for i, layer in enumerate(net.layers):
+        log.info("%16s\tforward: %g ms.", layer.name, forward_ms[i])
+        log.info("%16s\tbackward: %g ms.", layer.name, backward_ms[i])
+    log.info("Average Forward pass: %g ms.", forward_ms.sum())
+    log.info("Average Backward pass: %g ms.", backward_ms.sum())
+    log.info("Average Forward-Backward: %g ms.", total / args.iterations)
+    log.info("Total Time: %g ms.", total)
+    log.info("*** Benchmark ends ***")
     return 0
+
+
+def _resident_iteration(net, xp, seconds):
+    def run():
+        for i in range(len(net.layers)):
+            t = time.perf_counter()
+            net.forward_layer(i)
+            _sync(xp)
+            seconds[0][i] += time.perf_counter() - t
+        for i in reversed(range(len(net.layers))):
+            if net.layer_need_backward[i]:
+                t = time.perf_counter()
+                net.backward_layer(i)
+                _sync(xp)
+                seconds[1][i] += time.perf_counter() - t
+
+    return run
+
+
+def _ps_iteration(net, args, xp, seconds):
+    """One PS training iteration at learning rate 0 (the numbers do not change), timed per layer."""
+    from geeps_net.proto import caffe_pb2
+    from geeps_net.solvers import create_update_rule
+
+    param = caffe_pb2.SolverParameter(type="SGD", base_lr=0.0, lr_policy="fixed")
+    train = net.phase == caffe_pb2.TRAIN
+    trainer = _ps_trainer(net, args, xp, train, create_update_rule(param), param)
+    trainer.layer_seconds = seconds
+    steps = iter(range(1 << 62))
+    if train:
+        return (lambda: trainer.step(next(steps), 0.0)), trainer
+    return trainer.forward_pass, trainer
 
 
 def _sync(xp) -> None:

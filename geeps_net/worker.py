@@ -1,27 +1,26 @@
 """Where the engine meets GeePS: a Net's iteration driven through a PS client (DESIGN §4).
 
 `PsTrainer` registers every trainable layer's params as PS tables and every blob, internal blob,
-frozen param
-and solver history as PS local data, records one iteration with compute off (the virtual
-iteration), then
-runs every real iteration through the same calls: read/post_read for params, pre_update/update for
-the
-solver's update (computed straight into the update buffer), local_access/post_local_access for the
-rest.
-This module is the only one in the engine that imports `geeps_net.ps`.
+frozen param and solver history as PS local data, records one iteration with compute off (the
+virtual iteration), then runs every real iteration through the same calls: read/post_read for
+params, pre_update/update for the solver's update (computed straight into the update buffer),
+local_access/post_local_access for the rest. This module is the only one in the engine that imports
+`geeps_net.ps`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy
 
 from geeps_net.backend import to_host
-from geeps_net.errors import NetError, SolverError
+from geeps_net.errors import DeadlineError, NetError, SolverError
 from geeps_net.ps.client import Client
 from geeps_net.ps.config import Config
 from geeps_net.ps.server import LocalShards
+from geeps_net.ps.trace import Trace
 from geeps_net.schedule import build_schedule
 from geeps_net.solvers import clip_gradients, normalize
 
@@ -33,16 +32,27 @@ class PsTrainer:
 
     resident = False  # the Solver builds the train net with unbound blobs for us
 
-    def __init__(self, net, rule, param, client: Client) -> None:
+    def __init__(self, net, rule, param, client: Client, train: bool = True) -> None:
+        """`train=False` runs forward passes only (`geeps-net test`): no diffs, no updates."""
         if any(layer.reshape_reads_data for layer in net.layers):
             raise NetError(
                 f'net "{net.name}": a layer with data-dependent shapes cannot run on the PS'
             )
         self.net, self.rule, self.param, self.client = net, rule, param, client
         self.xp = net.xp
-        self.iter_size = max(param.iter_size, 1)
-        self.deferred = self.iter_size > 1 or param.clip_gradients >= 0
-        self.schedule = build_schedule(net, client.config.layers_per_table)
+        # -- distributed (ps/remote.py): update_rule SERVER runs the solver on the servers. The
+        # update buffer then carries the normalized gradient (not the rule's output, not negated),
+        # the worker keeps no solver history, and its cache does not apply its own update (the
+        # Client's ParamCache knows). See ServerSideRule in geeps_net/distributed.py.
+        self.server_side_rule = client.config.update_rule == "SERVER"
+        self.train = train
+        self.num_history = 0 if self.server_side_rule or not train else rule.num_history
+        self.trace = Trace.from_config(client.config)
+        self.layer_seconds = None  # [forward, backward] seconds per layer, when timing
+        self.steps = 0  # iterations done (clocks); multi-worker reads settle on steps - 1
+        self.iter_size = max(param.iter_size, 1) if train else 1
+        self.deferred = train and (self.iter_size > 1 or param.clip_gradients >= 0)
+        self.schedule = build_schedule(net, client.config.layers_per_table, train)
         self._register()
         with client.virtual_iteration():
             self._iterate(0, 0.0, compute=False)
@@ -62,7 +72,7 @@ class PsTrainer:
         # param.
         self.history_ids = {}
         for t, table in enumerate(s.tables):
-            for k in range(self.rule.num_history):
+            for k in range(self.num_history):
                 self.history_ids[t, k] = c.create_local(
                     f"{table.name}.history{k}", table.size, "history"
                 )
@@ -91,7 +101,9 @@ class PsTrainer:
         if not self._started:
             self.client.start_iterations()
             self._started = True
-        return self._iterate(it, rate, compute=True)
+        loss = self._iterate(it, rate, compute=True)
+        self.steps += 1
+        return loss
 
     def _iterate(self, it: int, rate: float, compute: bool) -> float:
         loss = 0.0
@@ -111,7 +123,9 @@ class PsTrainer:
         for step in self.schedule.forward:
             self._acquire(step, compute, with_diffs=False)
             if compute:
+                start = time.perf_counter()
                 loss += net.forward_layer(step.layer)
+                self._timed(step.layer, 0, start)
                 for top in net.tops[step.layer]:
                     if top.name in outputs:
                         self._outputs[top.name] = to_host(top.data).copy()
@@ -129,8 +143,10 @@ class PsTrainer:
                     self._bind_table(t, diff=grad)
             self._acquire(step, compute, with_diffs=True)
             if compute:
+                start = time.perf_counter()
                 net.set_loss_diffs(step.layer)
                 net.backward_layer(step.layer)
+                self._timed(step.layer, 1, start)
             for t in step.updates:
                 if self.deferred:
                     c.post_local_access(self.history_ids[t, "grad"], keep=True)
@@ -176,18 +192,20 @@ class PsTrainer:
         the PS adds the buffer to the params, and w + (-d) == w - d exactly."""
         c, table = self.client, self.schedule.tables[t]
         history = [
-            c.local_access(self.history_ids[t, k], fetch=True) for k in range(self.rule.num_history)
+            c.local_access(self.history_ids[t, k], fetch=True) for k in range(self.num_history)
         ]
         if compute:
             for p, offset in zip(table.params, table.offsets):
                 blob, sl = p.blob, slice(offset, offset + p.blob.count)
                 hist = [h[sl].reshape(blob.shape) for h in history]
                 normalize(self.xp, blob.diff, self.iter_size)
+                if self.server_side_rule:
+                    continue  # the servers run the rule on the mean gradient
                 self.rule.update(
                     self.xp, it, rate, p.lr_mult, p.decay_mult, blob.data, blob.diff, hist
                 )
                 self.xp.negative(blob.diff, out=blob.diff)
-        for k in range(self.rule.num_history):
+        for k in range(self.num_history):
             c.post_local_access(self.history_ids[t, k], keep=True)
 
     # -- binding --------------------------------------------------------------------------------
@@ -238,8 +256,37 @@ class PsTrainer:
     def outputs(self) -> dict:
         return dict(self._outputs)
 
+    def layout(self) -> list[list[tuple[int, int, float, float]]]:
+        """Per table, its params as (offset, count, lr_mult, decay_mult): what a server-side rule
+        needs to update a range of the table."""
+        return [
+            [(o, p.blob.count, p.lr_mult, p.decay_mult) for p, o in zip(t.params, t.offsets)]
+            for t in self.schedule.tables
+        ]
+
+    def settle(self) -> None:
+        """With several workers, wait (deadline_s) until every table includes every worker's
+        updates through the last iteration done here, so tests and snapshots see the global
+        state rather than this worker's view of it."""
+        c = self.client
+        if c.num_workers == 1 or self.steps == 0:
+            return
+        end = time.monotonic() + c.config.deadline_s
+        for t in self.table_ids:
+            c.read_table_host(t)  # installs the pushes received so far
+            while c.data_age(t) < self.steps - 1:
+                if time.monotonic() > end:
+                    raise DeadlineError(
+                        f"table {t}: data age {c.data_age(t)} < {self.steps - 1} after "
+                        f"{c.config.deadline_s} s: the other workers' last updates never came"
+                    )
+                time.sleep(0.002)
+                c.read_table_host(t)
+
     def param_arrays(self) -> list[numpy.ndarray]:
-        """Current values of every learnable blob, in net.learnable order (foreground reads)."""
+        """Current values of every learnable blob, in net.learnable order (foreground reads);
+        with several workers, once every worker's updates so far are in (settle)."""
+        self.settle()
         values = {}
         for t, table in enumerate(self.schedule.tables):
             flat = self.client.read_table_host(self.table_ids[t])
@@ -259,7 +306,7 @@ class PsTrainer:
         for k in range(self.rule.num_history):
             for p in self.net.learnable:
                 t = self.schedule.table_of.get(id(p.blob))
-                if t is None:
+                if t is None or self.server_side_rule:  # SERVER: the history is on the servers
                     out.append(numpy.zeros(p.blob.shape, numpy.float32))
                     continue
                 offset = self.schedule.tables[t].offsets[self.schedule.tables[t].params.index(p)]
@@ -268,7 +315,7 @@ class PsTrainer:
         return out
 
     def load(self, params=None, history=None) -> None:
-        """Set learnable values (None entries keep theirs) and solver history before the first step."""
+        """Set learnable values (None keeps a value) and solver history before the first step."""
         self._before_start("load weights or solver state")
         s, c = self.schedule, self.client
         if params is not None:
@@ -283,20 +330,24 @@ class PsTrainer:
             for key, (blob, kind) in s.locals.items():
                 if kind == "frozen" and id(blob) in by_blob:
                     c.write_local(self.local_ids[key], by_blob[id(blob)].astype(blob.dtype).ravel())
-        if history is not None:
+        if history is not None and not self.server_side_rule:
             n = len(self.net.learnable)
             for k in range(self.rule.num_history):
                 for t, table in enumerate(s.tables):
                     flat = numpy.concatenate(
-                        [numpy.ravel(history[k * n + self.net.learnable.index(p)]) for p in table.params]
+                        [
+                            numpy.ravel(history[k * n + self.net.learnable.index(p)])
+                            for p in table.params
+                        ]
                     )
                     c.write_local(self.history_ids[t, k], flat.astype(numpy.float32))
 
     def feed(self, name: str, value) -> None:
-        """Set the data of an Input layer's top before the first step (it stays for every iteration)."""
+        """Set an Input layer's top before the first step (it stays for every iteration)."""
         self._before_start(f'feed "{name}"')
         blob = self.net.blobs[name]
-        self.client.write_local(self.local_ids["data", name], numpy.asarray(value, blob.dtype).ravel())
+        value = numpy.asarray(value, blob.dtype).ravel()
+        self.client.write_local(self.local_ids["data", name], value)
 
     def _before_start(self, what: str) -> None:
         if self._started:
@@ -305,13 +356,37 @@ class PsTrainer:
     def stats(self) -> dict:
         return self.client.stats()
 
+    def forward_pass(self) -> tuple[float, dict]:
+        """One forward-only iteration (a test batch): the loss and the output blobs' values."""
+        if not self._started:
+            self.client.start_iterations()
+            self._started = True
+        loss = self._iterate(0, 0.0, compute=True)
+        return loss, self.outputs()
+
+    def _timed(self, layer: int, phase: int, start: float) -> None:
+        """Account layer compute time (per-layer table of `geeps-net time`; Chrome trace)."""
+        end = time.perf_counter()
+        if self.layer_seconds is not None:
+            self.layer_seconds[phase][layer] += end - start
+        if self.trace is not None:
+            name = f"{('forward', 'backward')[phase]} {self.net.layers[layer].name}"
+            self.trace.add(name, "compute", start, end)
+
     def close(self) -> None:
         self.client.close()
+        if self.trace is not None:
+            self.trace.write(self.client.config.trace_file)
         self.net.close()
 
 
 def ps_trainer_factory(
-    config: Config, xp=numpy, worker_id: int = 0, num_workers: int = 1, shards=None
+    config: Config,
+    xp=numpy,
+    worker_id: int = 0,
+    num_workers: int = 1,
+    shards=None,
+    train: bool = True,
 ):
     """A trainer factory for `Solver`: PsTrainer over a client of `config` (in-process shard
     default)."""
@@ -324,7 +399,7 @@ def ps_trainer_factory(
             num_workers=num_workers,
             xp=xp,
         )
-        return PsTrainer(net, rule, param, client)
+        return PsTrainer(net, rule, param, client, train=train)
 
     make.resident = False
     return make

@@ -65,7 +65,7 @@ class Background:
         self.cond = threading.Condition()  # slots, app clock, keeps, drain
         self.slots: dict[tuple[int, int], Handle] = {}
         self.app_clock = 0
-        self.queue: queue.Queue[Work | None] = queue.Queue()
+        self.queue: queue.SimpleQueue[Work | None] = queue.SimpleQueue()  # C: no Python lock
         self.submitted = self.processed = 0
         self.error: BaseException | None = None
         self.blocked = None  # allocator: f(deadline) -> one line on what it is waiting for

@@ -2,8 +2,8 @@
 
 Freshness is a data age per row range: the last clock whose updates (from every worker) the range
 includes, -1 for initial values, -2 before any push. A read at worker clock t needs
-age >= t - slack - 1 (slack 0 is BSP) and, with read_my_writes, this worker's own updates through
-clock t - 1 applied to the cache.
+age >= max(t - slack - 1, -1) (slack 0 is BSP) and, with read_my_writes, this worker's own updates
+through clock t - 1 applied to the cache.
 
 The cache applies the worker's own update log when the table's clock completes (its last update of
 the iteration); the same log goes to the shards. Pushes replace a range's values and re-apply the
@@ -138,12 +138,12 @@ class ParamCache:
             return numpy.array(to_host(table.data))
 
     def need(self, clock: int) -> int:
-        """The data age a read at `clock` requires."""
-        return clock - self.slack - 1
+        """The data age a read at `clock` requires: t - slack - 1, and initial values at least."""
+        return max(clock - self.slack - 1, -1)
 
     def fresh(self, table: TableCache, clock: int) -> bool:
         """True when a read at `clock` may use the table now."""
-        if table.data_age() < clock - self.slack - 1:
+        if table.data_age() < max(clock - self.slack - 1, -1):
             return False
         return not self.apply_own or table.own_applied >= clock - 1
 

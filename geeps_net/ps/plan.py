@@ -8,7 +8,7 @@ fetch must wait for. `Plan.summary()` is the start-up report.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from geeps_net.ps.ops import (
     ACQUIRES,
@@ -49,6 +49,7 @@ class Plan:
     keeps_per_iter: dict[Key, int]
     to_device: int  # predicted bytes copied host -> device per iteration
     to_host: int  # predicted bytes copied device -> host per iteration
+    _min_budgets: dict[int, int] = field(default_factory=dict, repr=False)
 
     @property
     def total_bytes(self) -> int:
@@ -61,8 +62,10 @@ class Plan:
         return self.min_budget_at(self.level)
 
     def min_budget_at(self, level: int) -> int:
-        """The smallest gpu_memory_capacity accepted at mm_warning_level `level`."""
-        return min_budget(self.ops, self.pairs, self.items, level)
+        """The smallest gpu_memory_capacity accepted at mm_warning_level `level` (computed once)."""
+        if level not in self._min_budgets:
+            self._min_budgets[level] = min_budget(self.ops, self.pairs, self.items, level)
+        return self._min_budgets[level]
 
     def resident(self, key: Key) -> bool:
         """True when `key` lives in the arena."""

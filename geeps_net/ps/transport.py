@@ -7,9 +7,11 @@
     msg = server.recv(60.0, "an update")  # Message(peer=3, channel=0, header, payload)
 
 An endpoint belongs to one thread at a time (zmq sockets are not thread-safe); using it from two
-threads at once raises PsError. Heartbeats go out from inside poll/recv/tick, so the owner calls one
-of them at least every heartbeat_s (a communication thread waiting in recv does). HEARTBEATs are
-consumed here; any valid message refreshes its peer's `last_seen`. The zmq.Context is the caller's.
+threads at once raises PsError. `wake()` is the one call any thread may make: it ends the owner's
+poll (a communication thread sleeping in poll learns that it has something to send). Heartbeats go
+out from inside poll/recv/tick, so the owner calls one of them at least every heartbeat_s (a
+communication thread waiting in recv does). HEARTBEATs are consumed here; any valid message
+refreshes its peer's `last_seen`. The zmq.Context is the caller's.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -110,6 +113,11 @@ class Endpoint:
         self._next_beat = start
         self._guard = threading.Lock()
         self._closed = False
+        self._wake_lock = threading.Lock()  # wake() vs close(): never write to a closed pipe
+        self._wake_r, self._wake_w = os.pipe()  # a byte on the pipe ends a poll (see wake)
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.poller.register(self._wake_r, zmq.POLLIN)
 
     def _socket(self, kind: int, channel: int) -> zmq.Socket:
         sock = self.ctx.socket(kind)
@@ -147,13 +155,32 @@ class Endpoint:
                 self._beat(now)
                 wait = min(end, self._next_beat) - now
                 events = self.poller.poll(max(1, math.ceil(wait * 1000)) if wait > 0 else 0)
-                self._ready.extend(sock for sock, _ in events)
+                self._ready.extend(sock for sock, _ in events if sock != self._wake_r)
+                if len(self._ready) < len(events):  # woken: hand back what came, or None
+                    self._drain_wake()
+                    return self._take_ready()
                 if not events and now >= end:
                     return None
 
+    def wake(self) -> None:
+        """End the owner's poll now (it returns what has arrived, or None); any thread may call
+        this, also before the poll starts (that poll then returns at once)."""
+        with self._wake_lock:
+            if self._wake_w >= 0:
+                with contextlib.suppress(BlockingIOError):  # full pipe: a wake is pending anyway
+                    os.write(self._wake_w, b"w")
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 4096):
+                pass
+
     def recv(self, timeout_s: float, awaiting: str) -> Message:
         """The next message; DeadlineError naming `awaiting` and the quietest peer if none comes."""
+        end = time.monotonic() + timeout_s
         msg = self.poll(timeout_s)
+        while msg is None and time.monotonic() < end:  # a wake() ends a poll early
+            msg = self.poll(end - time.monotonic())
         if msg is None:
             raise DeadlineError(
                 f"{self.name}: nothing arrived in {timeout_s:.1f} s while awaiting {awaiting}; "
@@ -199,6 +226,10 @@ class Endpoint:
             sock.close(linger=int(linger_s * 1000))
         self.sockets.clear()
         self._ready.clear()
+        with self._wake_lock:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
 
     def __enter__(self):
         return self

@@ -268,6 +268,7 @@ class client_guard_held:  # noqa: N801 - reads as a with-statement
         self.lock.release()
 
 
+@pytest.mark.timeout(60)  # it once hung the suite under heavy load: fail fast instead
 def test_curve_admits_authorised_clients_only(ctx, tmp_path):
     generate_keys(tmp_path / "server", "server")
     generate_keys(tmp_path / "authorized", "worker")

@@ -1,0 +1,64 @@
+"""The verbs end to end in-process: train, test and time with and without the PS; trace files."""
+
+import json
+import logging
+import signal
+
+import pytest
+
+from geeps_net.cli import main
+from tests.cli.conftest import NET, SOLVER
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch, capsys):
+    """main(argv) in tmp_path, restoring what it changes; returns (status, log text)."""
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+
+    def call(*argv):
+        capsys.readouterr()
+        try:
+            status = main(list(argv))
+        finally:
+            root.handlers[:] = saved[0]
+            root.setLevel(saved[1])
+            for s, h in signals.items():
+                signal.signal(s, h)
+        return status, capsys.readouterr().err
+
+    return call
+
+
+def test_train_then_test_through_ps_and_resident_agree(run, tmp_path):
+    status, text = run("train", "-solver", SOLVER)
+    assert status == 0 and "Optimization Done." in text and "PS plan" in text
+    model = tmp_path / "snap" / "tiny_iter_2.caffemodel"
+    assert model.exists()
+    results = []
+    for extra in ([], ["-no_ps"]):
+        status, text = run(
+            "test", "-model", NET, "-weights", str(model), "-iterations", "3", *extra
+        )
+        assert status == 0
+        results.append([line.split("] ", 1)[1] for line in text.splitlines() if "loss = " in line])
+    assert results[0] == results[1] and results[0]
+
+
+@pytest.mark.parametrize("extra", [[], ["-no_ps"]], ids=["ps", "resident"])
+def test_time_prints_caffe_table(run, extra):
+    status, text = run("time", "-model", NET, "-iterations", "2", *extra)
+    assert status == 0
+    assert "ip\tforward:" in text and "Average Forward-Backward" in text
+
+
+def test_trace_file_is_chrome_json(run, tmp_path):
+    trace = tmp_path / "run.trace.json"
+    status, _ = run("time", "-model", NET, "-iterations", "2", "-trace_file", str(trace))
+    assert status == 0
+    events = json.loads(trace.read_text())["traceEvents"]
+    names = {e["name"] for e in events}
+    assert {"forward ip", "backward ip", "forward loss"} <= names
+    assert all(e["ph"] == "X" and e["dur"] >= 0 and "tid" in e for e in events)

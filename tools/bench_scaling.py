@@ -1,0 +1,146 @@
+"""Training throughput (images/s) with 1 and N worker processes over TCP loopback, and the scaling.
+
+    python tools/bench_scaling.py                               # lenet, cifar10_quick; 1 vs 2
+    python tools/bench_scaling.py --nets lenet --workers 1 2 4 --iters 40 --repeats 3
+
+Each worker is a process with one BLAS/OpenMP thread (OMP/OPENBLAS/MKL_NUM_THREADS=1 and
+threadpoolctl), training the net's TRAIN phase with its Data layer replaced by an Input of random
+images (tools/bench_train.py's nets and batches, per worker) through the PS: one worker on an
+in-process shard, N workers each hosting a shard (geeps_net/distributed.py's layout), BSP, update
+rule AVERAGE. Throughput = all images of the timed iterations / the slowest worker's time; the
+median of --repeats runs is printed, then `scaling <net> <N> workers = X.XXx` against 1 worker.
+On a machine with fewer cores than workers the workers share cores: the figure says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+def worker(args) -> dict:
+    """One worker process: build, warm up, time --iters iterations; images and seconds."""
+    from bench_train import bench_net_param, random_batch, solver_param
+
+    from geeps_net.backend import set_threads
+    from geeps_net.ps.config import Config
+    from geeps_net.solver import Solver
+    from geeps_net.worker import ps_trainer_factory
+
+    set_threads(1)
+    i, n = args.worker, args.of
+    config = Config(update_rule="AVERAGE", num_servers=n, base_port=args.base, deadline_s=120.0)
+    shards, servers = None, []
+    if n > 1:
+        from geeps_net.distributed import start_servers
+        from geeps_net.ps import cluster
+        from geeps_net.ps.remote import RemoteShards
+
+        role = cluster.Role(i, n, ("127.0.0.1",) * n)
+        servers = start_servers(role, config, None)
+        shards = RemoteShards(config, i, n, role.server_urls(config))
+    factory = ps_trainer_factory(config, worker_id=i, num_workers=n, shards=shards)
+    solver = Solver(
+        solver_param(bench_net_param(args.child)),
+        trainer_factory=factory,
+        data_shard=(i, n),
+        is_root=i == 0,
+    )
+    images, labels = random_batch(args.child)
+    solver.trainer.feed("data", images)
+    solver.trainer.feed("label", labels)
+    solver.step(args.warmup)
+    start = time.perf_counter()
+    solver.step(args.iters)
+    seconds = time.perf_counter() - start
+    solver.close()
+    if shards is not None:
+        shards.close()  # then every worker's SHUTDOWN ends the shards
+    for server in servers:
+        server.join()
+    return {"worker": i, "images": args.iters * len(labels), "seconds": seconds}
+
+
+def measure(net: str, n: int, args, base: int) -> float:
+    """Images/s of one run with `n` worker processes."""
+    env = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        net,
+        "--of",
+        str(n),
+        "--base",
+        str(base),
+        "--iters",
+        str(args.iters),
+        "--warmup",
+        str(args.warmup),
+    ]
+    procs = [
+        subprocess.Popen([*cmd, "--worker", str(i)], env=env, stdout=subprocess.PIPE, text=True)
+        for i in range(n)
+    ]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=1800)
+        if proc.returncode != 0:
+            raise SystemExit(f"bench_scaling: a {net} worker failed ({proc.returncode})")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return sum(r["images"] for r in results) / max(r["seconds"] for r in results)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nets", nargs="+", default=["lenet", "cifar10_quick"])
+    p.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--iters", type=int, default=0, help="timed iterations (0: per-net default)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--base", type=int, default=0, help="first port (0: a free range)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--of", type=int, default=1, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(worker(args)), flush=True)
+        return
+    from geeps_net.ps.cluster import free_base_port
+
+    print(f"{os.cpu_count()} CPU cores; one BLAS thread per worker")
+    for net in args.nets:
+        iters = args.iters or {"lenet": 60, "cifar10_quick": 15}.get(net, 10)
+        rates = {}
+        for n in args.workers:
+            runs = []
+            for _ in range(args.repeats):
+                base = args.base or free_base_port("127.0.0.1", n, 21000)
+                runs.append(
+                    measure(net, n, argparse.Namespace(**{**vars(args), "iters": iters}), base)
+                )
+            rates[n] = statistics.median(runs)
+            print(
+                f"{net} {n} worker{'s' if n > 1 else ''}: {rates[n]:.1f} images/s "
+                f"(runs {', '.join(f'{r:.1f}' for r in runs)})",
+                flush=True,
+            )
+        for n in args.workers:
+            if n > 1 and 1 in rates:
+                print(f"scaling {net} {n} workers = {rates[n] / rates[1]:.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
