@@ -121,12 +121,13 @@ def test_slack_zero_blocks_where_slack_two_goes_on(transport):
         for thread in threads:
             thread.start()
         reach = held_at + slack + 1  # clocks 0..held_at + slack need nothing past clock 2
-        assert wait_for(lambda w=workers[0], r=reach: w.done >= r, 5.0), (slack, workers[0].done)
+        # generous: on a loaded 2-core machine the threads may be slow to get there
+        assert wait_for(lambda w=workers[0], r=reach: w.done >= r, 30.0), (slack, workers[0].done)
         time.sleep(0.3)
         assert workers[0].done == reach, f"slack {slack}: ran to {workers[0].done}"
         gate.set()
         for thread in threads:
-            thread.join(10.0)
+            thread.join(60.0)
         assert workers[0].done == workers[1].done == 8
         for worker in workers:
             worker.client.close()
