@@ -30,6 +30,10 @@ SoftmaxWithLoss Split SPP Swish TanH Threshold Tile WindowData""".split()
 DECLINED = {
     "Recurrent": "abstract base in Caffe, never instantiated: use RNN or LSTM",
 }
+# Registered so a net naming them fails at setup with a clear error, but not implemented.
+REFUSED_AT_SETUP = {
+    "WindowData": "R-CNN window files; registered only to refuse with an error naming the layer",
+}
 
 
 def test_file(type_name: str, module: str) -> str | None:
@@ -58,6 +62,8 @@ def table() -> str:
             rows.append(f"| {name} | declined: {reason} | | |")
             continue
         status = "supported" if name in CAFFE_TYPES else "extra (not in Caffe)"
+        if name in REFUSED_AT_SETUP:
+            status = f"declined: {REFUSED_AT_SETUP[name]}"
         module = cls.__module__
         test = test_file(name, module)
         test = f"`{test}`" if test else "none"
