@@ -20,7 +20,6 @@ from geeps_net.errors import DeadlineError, NetError, SolverError
 from geeps_net.ps.client import Client
 from geeps_net.ps.config import Config
 from geeps_net.ps.server import LocalShards
-from geeps_net.ps.trace import Trace
 from geeps_net.schedule import build_schedule
 from geeps_net.solvers import clip_gradients, normalize
 
@@ -47,7 +46,7 @@ class PsTrainer:
         self.server_side_rule = client.config.update_rule == "SERVER"
         self.train = train
         self.num_history = 0 if self.server_side_rule or not train else rule.num_history
-        self.trace = Trace.from_config(client.config)
+        self.trace = client.trace  # compute spans join the client's copies, waits and pushes
         self.layer_seconds = None  # [forward, backward] seconds per layer, when timing
         self.steps = 0  # iterations done (clocks); multi-worker reads settle on steps - 1
         self.iter_size = max(param.iter_size, 1) if train else 1

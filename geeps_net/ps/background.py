@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from geeps_net.errors import DeadlineError, GeepsError, PsError
 from geeps_net.ps.cache import POLL_S
 from geeps_net.ps.ops import align
+from geeps_net.ps.trace import maybe_span
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,10 @@ class Background:
                         f"{self.deadline} s"
                     )
                 self.cond.wait(left)
-            return handle, time.perf_counter() - start
+            end = time.perf_counter()
+            if self.c.trace is not None:
+                self.c.trace.add(f"wait {self.c.describe(i)}", "wait", start, end)
+            return handle, end - start
 
     def submit(self, work: Work) -> None:
         """Queue work for the reclaimer."""
@@ -206,7 +210,7 @@ class Background:
             self.fresh_wait_s += c.cache.wait_fresh(table, clock, None, self.check)
         offset, buf = self._alloc(i, item, what)
         handle = Handle(buf, i, clock, offset)
-        with dev.on(dev.copy_stream):
+        with dev.on(dev.copy_stream), maybe_span(c.trace, f"copy in {c.describe(i)}", "copy_in"):
             if op.kind == "read":
                 with c.cache.cond:  # the reclaimer adds to host caches under this lock
                     dev.to_device(buf, table.data, dev.copy_stream)
@@ -296,6 +300,8 @@ class Background:
         if delta is not None:
             shards.push_update(worker, table.spec.id, clock, delta)
         shards.clock(worker, table.spec.id, clock)
+        if self.c.trace is not None:
+            self.c.trace.add(f"push {table.spec.name}", "push", start, time.perf_counter())
         self._last_send = time.perf_counter() - start
         self.send_s += self._last_send
 
@@ -304,8 +310,9 @@ class Background:
         local = c.locals[work.key[1]]
         dev.wait(work.event, dev.reclaim_stream)
         if work.keep:
-            dev.to_host(local.data, handle.buf, dev.reclaim_stream)
-            dev.sync(dev.record(dev.reclaim_stream))
+            with maybe_span(c.trace, f"copy out {local.spec.name}", "copy_out"):
+                dev.to_host(local.data, handle.buf, dev.reclaim_stream)
+                dev.sync(dev.record(dev.reclaim_stream))
             local.version += 1
         self._free(handle)
         if work.counted:

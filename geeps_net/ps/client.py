@@ -36,6 +36,7 @@ from geeps_net.ps.ops import RELEASE_OF, Item, Op, describe
 from geeps_net.ps.plan import Plan, make_plan
 from geeps_net.ps.stats import collect
 from geeps_net.ps.tables import LOCAL_DTYPE_KINDS, LOCAL_KINDS, LocalSpec, TableSpec
+from geeps_net.ps.trace import Trace
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ class Client:
         self.shards, self.worker_id, self.num_workers, self.xp = shards, worker_id, num_workers, xp
         self.device = Device(xp, config.pinned_cpu_memory)
         self.cache = ParamCache(config, num_workers, self.device)
+        self.trace = Trace.from_config(
+            config
+        )  # Chrome trace of copies, waits, pushes (and compute)
         self.locals: list[LocalData] = []
         self.plan: Plan | None = None
         self.arena = self.pool = self.host = self.staging = None

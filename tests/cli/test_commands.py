@@ -2,12 +2,18 @@
 
 import json
 import logging
+import re
 import signal
+import sys
+from pathlib import Path
 
 import pytest
 
 from geeps_net.cli import main
 from tests.cli.conftest import NET, SOLVER
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+import trace_summary  # noqa: E402
 
 
 @pytest.fixture
@@ -55,10 +61,19 @@ def test_time_prints_caffe_table(run, extra):
 
 
 def test_trace_file_is_chrome_json(run, tmp_path):
+    """At the smallest budget (read off the planner's refusal of 1 byte) the trace shows compute,
+    copies both ways, waits and pushes, per thread; tools/trace_summary.py reads it."""
+    status, text = run("time", "-model", NET, "-iterations", "1", "-gpu_memory_capacity", "1")
+    smallest = re.search(r"smallest budget that works is (\d+) B", text)
+    assert status == 1 and smallest, text
     trace = tmp_path / "run.trace.json"
-    status, _ = run("time", "-model", NET, "-iterations", "2", "-trace_file", str(trace))
+    budget = ["-gpu_memory_capacity", smallest.group(1), "-trace_file", str(trace)]
+    status, _ = run("time", "-model", NET, "-iterations", "2", *budget)
     assert status == 0
     events = json.loads(trace.read_text())["traceEvents"]
-    names = {e["name"] for e in events}
-    assert {"forward ip", "backward ip", "forward loss"} <= names
-    assert all(e["ph"] == "X" and e["dur"] >= 0 and "tid" in e for e in events)
+    assert {"forward ip", "backward ip", "forward loss"} <= {e["name"] for e in events}
+    assert {"compute", "copy_in", "copy_out", "push"} <= {e["cat"] for e in events}
+    assert {"MainThread", "ps-allocator", "ps-reclaimer"} <= {e["tid"] for e in events}
+    assert all(e["ph"] == "X" and e["dur"] >= 0 for e in events)
+    summary = trace_summary.summarise(events)
+    assert 0.0 <= summary["stall_fraction"] < 1.0
