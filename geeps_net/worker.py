@@ -201,9 +201,9 @@ class PsTrainer:
                 if self.server_side_rule:
                     continue  # the servers run the rule on the mean gradient
                 self.rule.update(
-                    self.xp, it, rate, p.lr_mult, p.decay_mult, blob.data, blob.diff, hist
-                )
-                self.xp.negative(blob.diff, out=blob.diff)
+                    self.xp, it, rate, p.lr_mult, p.decay_mult, blob.data, blob.diff, hist,
+                    then="negate",
+                )  # fmt: skip
         for k in range(self.num_history):
             c.post_local_access(self.history_ids[t, k], keep=True)
 
