@@ -467,3 +467,36 @@ def compute_image_mean(args) -> int:
 
 compute_image_mean.add_flags = _mean_flags
 command("compute_image_mean", "compute the mean image of a data set")(compute_image_mean)
+
+
+# -- keygen ---------------------------------------------------------------------------------------
+
+
+def _keygen_flags(p) -> None:
+    p.add_argument("directory", help="folder to write the keys into (created)")
+    flag(p, "workers", type=int, default=1, help="worker key pairs to make")
+
+
+def keygen(args) -> int:
+    """CURVE keys for a job: one server pair and one pair per worker, laid out as the PS config
+    expects (servers admit every public key in the workers' folder)."""
+    from pathlib import Path
+
+    from geeps_net.ps.curve import generate_keys
+
+    if args.workers < 1:
+        raise GeepsError(f"-workers {args.workers}: need at least one worker")
+    root = Path(args.directory)
+    server_public, _ = generate_keys(root, "server")
+    for i in range(args.workers):
+        public, secret = generate_keys(root / "workers", f"worker{i}")
+        log.info(
+            "worker %d: curve_server_key: %r curve_public_key: %r curve_secret_key: %r",
+            i, str(server_public), str(public), str(secret),
+        )  # fmt: skip
+    log.info("Wrote the server pair and %d worker pairs under %s", args.workers, root)
+    return 0
+
+
+keygen.add_flags = _keygen_flags
+command("keygen", "make CURVE key files for an authenticated job")(keygen)

@@ -77,3 +77,23 @@ def test_trace_file_is_chrome_json(run, tmp_path):
     assert all(e["ph"] == "X" and e["dur"] >= 0 for e in events)
     summary = trace_summary.summarise(events)
     assert 0.0 <= summary["stall_fraction"] < 1.0
+
+
+def test_keygen_lays_out_keys_the_ps_reads(run, tmp_path):
+    from geeps_net.ps.cluster import curve_keys
+    from geeps_net.ps.config import Config
+
+    status, text = run("keygen", str(tmp_path / "keys"), "-workers", "2")
+    assert status == 0 and "worker 1: curve_server_key" in text
+    keys = tmp_path / "keys"
+    assert (keys / "server.key").exists() and (keys / "server.key_secret").exists()
+    assert sorted(p.name for p in (keys / "workers").iterdir()) == [
+        "worker0.key", "worker0.key_secret", "worker1.key", "worker1.key_secret",
+    ]  # fmt: skip
+    config = Config(
+        curve_server_key=str(keys / "server.key"),
+        curve_public_key=str(keys / "workers/worker1.key"),
+        curve_secret_key=str(keys / "workers/worker1.key_secret"),
+    )
+    assert curve_keys(config, server=True).authorized_dir == keys / "workers"
+    assert curve_keys(config, server=False).secret_file == keys / "workers/worker1.key_secret"
