@@ -254,7 +254,9 @@ class Endpoint:
                 if self.options.strict:
                     raise
                 self.rejected += 1
-                log.warning("%s: dropped a message: %s", self.name, e)
+                # a flood of garbage must not drown the log (or the loop's heartbeats) in lines
+                if self.rejected <= 10 or self.rejected % 1000 == 0:
+                    log.warning("%s: dropped message %d: %s", self.name, self.rejected, e)
                 continue
             if msg is not None:
                 return msg
