@@ -1,4 +1,5 @@
-"""Verbs for the tools users expect beside `caffe`: parse_log, plot_log, draw_net.
+"""Verbs for the tools users expect beside `caffe`: convert_mnist, compute_image_mean, keygen,
+parse_log, plot_log, draw_net.
 
 Each is a plain function over parsed arguments, registered with `command(...)` like the verbs in
 geeps_net/commands.py; importing this module registers them.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from geeps_net.cli import command, flag
+from geeps_net.errors import GeepsError
 
 log = logging.getLogger("geeps_net.cli")
 
@@ -74,3 +76,79 @@ def draw_net(args) -> int:
 
 draw_net.add_flags = _draw_net_flags
 command("draw_net", "draw a net prototxt as a graph (.png/.svg/.dot)")(draw_net)
+
+
+# -- data tools -----------------------------------------------------------------------------------
+
+
+def _convert_flags(p) -> None:
+    p.add_argument("images", help="IDX image file (.gz or raw)")
+    p.add_argument("labels", help="IDX label file (.gz or raw)")
+    p.add_argument("output", help="LMDB to create")
+    flag(p, "backend", default="lmdb", choices=["lmdb"])
+    flag(p, "overwrite", action="store_true")
+
+
+def convert_mnist(args) -> int:
+    """MNIST / Fashion-MNIST IDX files -> LMDB of Datum (Caffe's convert_mnist_data)."""
+    from geeps_net.dataset import convert_mnist as convert
+
+    count = convert(
+        args.images, args.labels, args.output, backend=args.backend, overwrite=args.overwrite
+    )
+    log.info("Processed %d files.", count)
+    return 0
+
+
+convert_mnist.add_flags = _convert_flags
+command("convert_mnist", "convert MNIST-format IDX files to an LMDB")(convert_mnist)
+
+
+def _mean_flags(p) -> None:
+    p.add_argument("db", help="LMDB of Datum")
+    p.add_argument("output", help="mean .binaryproto to write")
+
+
+def compute_image_mean(args) -> int:
+    """Mean image of a Datum LMDB as a binaryproto (Caffe's compute_image_mean)."""
+    from geeps_net.dataset import compute_image_mean as compute
+
+    compute(args.db, args.output)
+    return 0
+
+
+compute_image_mean.add_flags = _mean_flags
+command("compute_image_mean", "compute the mean image of a data set")(compute_image_mean)
+
+
+# -- keygen ---------------------------------------------------------------------------------------
+
+
+def _keygen_flags(p) -> None:
+    p.add_argument("directory", help="folder to write the keys into (created)")
+    flag(p, "workers", type=int, default=1, help="worker key pairs to make")
+
+
+def keygen(args) -> int:
+    """CURVE keys for a job: one server pair and one pair per worker, laid out as the PS config
+    expects (servers admit every public key in the workers' folder)."""
+    from pathlib import Path
+
+    from geeps_net.ps.curve import generate_keys
+
+    if args.workers < 1:
+        raise GeepsError(f"-workers {args.workers}: need at least one worker")
+    root = Path(args.directory)
+    server_public, _ = generate_keys(root, "server")
+    for i in range(args.workers):
+        public, secret = generate_keys(root / "workers", f"worker{i}")
+        log.info(
+            "worker %d: curve_server_key: %r curve_public_key: %r curve_secret_key: %r",
+            i, str(server_public), str(public), str(secret),
+        )  # fmt: skip
+    log.info("Wrote the server pair and %d worker pairs under %s", args.workers, root)
+    return 0
+
+
+keygen.add_flags = _keygen_flags
+command("keygen", "make CURVE key files for an authenticated job")(keygen)
