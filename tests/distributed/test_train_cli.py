@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -60,6 +61,8 @@ def test_a_killed_worker_fails_the_job_and_the_launcher_names_it(tmp_path):
     solver = write_solver(tmp_path, make_lmdb(tmp_path), 100000, display=1)
     proc = geeps("-solver", solver, "-workers", 2, "-deadline_s", 3, "-heartbeat_s", 0.3)
     lines, pids = [], {}
+    watchdog = threading.Timer(120, proc.kill)  # a job that never gets going ends the read below
+    watchdog.start()
     try:
         for line in proc.stderr:
             lines.append(line)
@@ -72,6 +75,7 @@ def test_a_killed_worker_fails_the_job_and_the_launcher_names_it(tmp_path):
         started = time.monotonic()
         rest = proc.communicate(timeout=15)[1]
     finally:
+        watchdog.cancel()
         proc.kill()
     took = time.monotonic() - started
     text = "".join(lines) + rest
