@@ -21,7 +21,8 @@ import time
 import numpy
 import zmq
 
-from geeps_net.ps.transport import ClientEndpoint, Options, ServerEndpoint, tcp_urls
+from geeps_net.ps.endpoints import ClientEndpoint, ServerEndpoint  # noqa: E402
+from geeps_net.ps.transport import Options, tcp_urls
 from geeps_net.ps.wire import Header, MsgType, TableShape
 
 ROW_SIZE = 128

@@ -35,11 +35,11 @@ import numpy
 from google.protobuf import text_format
 
 from geeps_net.errors import DeadlineError, GeepsError, PsError
+from geeps_net.ps.endpoints import ClientEndpoint
 from geeps_net.ps.peer import Component, RemoteFailure, endpoint_options
 from geeps_net.ps.server import Push
 from geeps_net.ps.shard_server import ShardServer
 from geeps_net.ps.tables import Directory, RowRange
-from geeps_net.ps.transport import ClientEndpoint
 from geeps_net.ps.wire import ALL_TABLES, Header, MsgType, TableShape, note
 
 __all__ = ["RemoteShards", "ShardServer"]

@@ -9,10 +9,10 @@ import threading
 
 from geeps_net.errors import PeerLost, PsError
 from geeps_net.ps.config import Config
+from geeps_net.ps.endpoints import ServerEndpoint
 from geeps_net.ps.peer import AGREE, Component, RemoteFailure, endpoint_options
 from geeps_net.ps.server import Push, ServerRule, TabletServer
 from geeps_net.ps.tables import Directory, RowRange
-from geeps_net.ps.transport import ServerEndpoint
 from geeps_net.ps.wire import ALL_TABLES, MsgType, TableShape, note
 
 

@@ -13,8 +13,9 @@ import zmq
 from geeps_net.errors import DeadlineError, PsError
 from geeps_net.ps.client import Client
 from geeps_net.ps.curve import CurveKeys, generate_keys
+from geeps_net.ps.endpoints import ClientEndpoint, ServerEndpoint
 from geeps_net.ps.remote import RemoteShards, ShardServer
-from geeps_net.ps.transport import ClientEndpoint, Options, ServerEndpoint, tcp_urls
+from geeps_net.ps.transport import Options, tcp_urls
 from geeps_net.ps.wire import Header, MsgType, encode
 
 from ..ps.fake_loop import TABLES, start, step

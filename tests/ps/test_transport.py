@@ -11,13 +11,8 @@ import zmq
 
 from geeps_net.errors import DeadlineError, PeerLost, PsError, WireError
 from geeps_net.ps.curve import CurveKeys, generate_keys
-from geeps_net.ps.transport import (
-    ClientEndpoint,
-    Options,
-    ServerEndpoint,
-    inproc_urls,
-    tcp_urls,
-)
+from geeps_net.ps.endpoints import ClientEndpoint, ServerEndpoint
+from geeps_net.ps.transport import Options, inproc_urls, tcp_urls
 from geeps_net.ps.wire import HEADER, Header, MsgType, TableShape, encode
 
 ROW = 256
