@@ -120,7 +120,7 @@ class PsTrainer:
         net, loss = self.net, 0.0
         outputs = set(net.outputs)
         for step in self.schedule.forward:
-            self._acquire(step, compute, with_diffs=False)
+            self._acquire(step, compute)
             if compute:
                 start = time.perf_counter()
                 loss += net.forward_layer(step.layer)
@@ -140,7 +140,7 @@ class PsTrainer:
                 if self.deferred:
                     grad = c.local_access(self.history_ids[t, "grad"], fetch=True)
                     self._bind_table(t, diff=grad)
-            self._acquire(step, compute, with_diffs=True)
+            self._acquire(step, compute)
             if compute:
                 start = time.perf_counter()
                 net.set_loss_diffs(step.layer)
@@ -209,7 +209,7 @@ class PsTrainer:
 
     # -- binding --------------------------------------------------------------------------------
 
-    def _acquire(self, step, compute: bool, with_diffs: bool) -> None:
+    def _acquire(self, step, compute: bool) -> None:
         c = self.client
         for t in step.reads:
             self._bind_table(t, data=c.read(self.table_ids[t]))
@@ -222,7 +222,6 @@ class PsTrainer:
                     blob.diff = view
                 else:
                     blob.data = view
-        self._held_tables = step.reads
 
     def _release(self, step) -> None:
         c = self.client
