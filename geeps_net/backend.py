@@ -9,6 +9,8 @@ import functools
 
 import numpy
 
+from geeps_net.errors import GeepsError
+
 try:  # CuPy is optional (extra `gpu`); everything runs on NumPy without it.
     import cupy
 except ImportError:  # pragma: no cover - depends on the machine
@@ -38,7 +40,7 @@ def array_module(gpu: int | None):
     if gpu is None:
         return numpy
     if not gpu_available():
-        raise RuntimeError(f"-gpu {gpu}: CuPy with a CUDA device is not available here")
+        raise GeepsError(f"-gpu {gpu}: CuPy with a CUDA device is not available here")
     cupy.cuda.Device(gpu).use()
     return cupy
 

@@ -97,3 +97,15 @@ def test_keygen_lays_out_keys_the_ps_reads(run, tmp_path):
     )
     assert curve_keys(config, server=True).authorized_dir == keys / "workers"
     assert curve_keys(config, server=False).secret_file == keys / "workers/worker1.key_secret"
+
+
+def test_gpu_flag_without_a_gpu_is_one_line(run):
+    from geeps_net.backend import gpu_available
+
+    if gpu_available():
+        pytest.skip("a GPU is present: -gpu 0 is valid here")
+    status, text = run("time", "-model", NET, "-gpu", "0")
+    assert status == 1
+    assert text.strip().splitlines()[-1] == (
+        "geeps-net time: -gpu 0: CuPy with a CUDA device is not available here"
+    )
