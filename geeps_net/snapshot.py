@@ -108,21 +108,25 @@ def write_caffemodel(path, net_name: str, layers, diffs: dict | None = None) -> 
         _write(path, caffemodel_bytes(net_name, layers, diffs))
 
 
+def _parse_binary(path, raw: bytes, message, what: str):
+    """`message` parsed from `raw`; a foreign or truncated file is a SnapshotError naming `path`."""
+    _refuse_foreign(path, raw, what)
+    try:
+        message.ParseFromString(raw)
+    except DecodeError:
+        raise SnapshotError(
+            f"{path}: not a binary {what}: corrupt or truncated ({len(raw)} bytes)"
+        ) from None
+    return message
+
+
 def read_net_weights(path) -> NetWeights:
     """Layer name -> arrays from a .caffemodel: binary NetParameter (current `layer`, legacy V1/V0
     `layers`) or HDF5. A truncated or foreign file raises SnapshotError naming it."""
     raw = _read(path)
     if raw.startswith(HDF5_SIGNATURE):
         return _h5_read(path, raw, _h5_net_weights)
-    _refuse_foreign(path, raw, "NetParameter (.caffemodel)")
-    net = caffe_pb2.NetParameter()
-    try:
-        net.ParseFromString(raw)
-    except DecodeError:
-        raise SnapshotError(
-            f"{path}: not a binary NetParameter (.caffemodel): corrupt or truncated "
-            f"({len(raw)} bytes)"
-        ) from None
+    net = _parse_binary(path, raw, caffe_pb2.NetParameter(), "NetParameter (.caffemodel)")
     if len(net.layer) and len(net.layers):
         raise SnapshotError(
             f"{path}: has both 'layer' and legacy 'layers' entries; Caffe refuses it"
@@ -225,15 +229,7 @@ def read_solverstate(path) -> tuple[int, str, list[numpy.ndarray], int]:
     raw = _read(path)
     if raw.startswith(HDF5_SIGNATURE):
         return _h5_read(path, raw, _h5_solverstate_read)
-    _refuse_foreign(path, raw, "SolverState (.solverstate)")
-    state = caffe_pb2.SolverState()
-    try:
-        state.ParseFromString(raw)
-    except DecodeError:
-        raise SnapshotError(
-            f"{path}: not a binary SolverState (.solverstate): corrupt or truncated "
-            f"({len(raw)} bytes)"
-        ) from None
+    state = _parse_binary(path, raw, caffe_pb2.SolverState(), "SolverState (.solverstate)")
     if not state.HasField("iter"):
         raise SnapshotError(f"{path}: no iteration recorded (truncated, or not a .solverstate?)")
     history = [_blob_array(h, f"{path}: history blob {i}")[0] for i, h in enumerate(state.history)]
