@@ -95,7 +95,8 @@ def main(argv=None) -> int:
     growth = after[-1] - after[0]
     hours = (samples[-1][0] - warmup) / 3600 or 1e-9
     print(f"RSS after warm-up: {after[0]:.1f} -> {after[-1]:.1f} MiB "
-          f"(growth {growth:+.1f} MiB, {growth / hours:+.1f} MiB/h)")  # fmt: skip
+          f"(growth {growth:+.1f} MiB = {100 * growth / after[0]:+.2f}%, "
+          f"{growth / hours:+.1f} MiB/h)")  # fmt: skip
     if speed:
         half = len(speed) // 2 or 1
         first, last = sum(speed[:half]) / half, sum(speed[half:]) / max(len(speed) - half, 1)
