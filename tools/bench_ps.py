@@ -4,8 +4,8 @@
     python tools/bench_ps.py --mib 16 --iters 20
 
 raw:  a DEALER sends [small header, array] with copy=False; the ROUTER receives with copy=False.
-wire: ClientEndpoint.send(UPDATE) (encode: header + CRC32 of the payload) -> ServerEndpoint.recv
-      (decode: every check and the CRC32 again), the path PS updates and pushes take.
+wire: ClientEndpoint.send(UPDATE) (encode: header + CRC-32C of the payload) -> ServerEndpoint.recv
+      (decode: every check and the CRC-32C again), the path PS updates and pushes take.
 nocrc: the same with Options(payload_crc=False): the header alone is checksummed.
 Bandwidth is measured at the receiver, from the first to the last timed message; a warm-up message
 goes first. The ratio wire/raw is what the wire format costs (target >= 0.8).

@@ -187,9 +187,9 @@ def test_strangers_and_liars_are_refused(ctx):
     with pytest.raises(WireError, match=r"worker 1 \(tcp://\S+\): header claims sender 0$"):
         server.recv(5.0, "a HELLO")
     old = bytearray(encode(liar)[0])
-    old[4] = 2
+    old[4] = 1
     client.sockets[0].send(bytes(old))
-    with pytest.raises(WireError, match="peer speaks wire version 2, we speak 1"):
+    with pytest.raises(WireError, match="peer speaks wire version 1, we speak 2"):
         server.recv(5.0, "a HELLO")
     mallory.close()
     client.close()

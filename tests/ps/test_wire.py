@@ -2,7 +2,6 @@
 
 import re
 import struct
-import zlib
 
 import numpy
 import pytest
@@ -21,6 +20,7 @@ from geeps_net.ps.wire import (
     Header,
     MsgType,
     TableShape,
+    checksum,
     decode,
     encode,
     note,
@@ -53,7 +53,7 @@ def forge(payload: bytes = b"", **fields) -> list[bytes]:
     raw.update(length=len(payload), dtype=1 if payload else 0, flags=1)
     raw.update(fields)
     head = bytearray(HEADER.pack(*raw.values(), 0))
-    crc = zlib.crc32(payload if raw["flags"] else b"", zlib.crc32(head[:CRC_SPAN]))
+    crc = checksum(payload if raw["flags"] else b"", checksum(head[:CRC_SPAN]))
     struct.pack_into("<I", head, CRC_SPAN, crc)
     return [bytes(head), payload] if payload else [bytes(head)]
 
@@ -105,7 +105,7 @@ def test_float64_table_and_dtype_mismatch():
 @pytest.mark.parametrize(
     "frames, message",
     [
-        (forge(version=2), "peer speaks wire version 2, we speak 1"),
+        (forge(version=1), "peer speaks wire version 1, we speak 2"),
         (forge(magic=b"HTTP"), "not a geeps-net message"),
         (forge(type=99), "unknown message type 99"),
         (forge(sender=9), "sender 9 is not a member of this job"),
@@ -154,6 +154,13 @@ def test_structural_faults():
     for message, frames in cases.items():
         with pytest.raises(WireError, match=re.escape(message)):
             decode(frames, senders=SENDERS, tables=TABLES)
+
+
+def test_checksum_is_crc32c_and_continues():
+    assert checksum(b"123456789") == 0xE3069283  # CRC-32C's check value (RFC 3720 polynomial)
+    assert checksum(b"456789", checksum(b"123")) == checksum(b"123456789")
+    array = numpy.arange(1 << 16, dtype="float32")  # a large buffer: the accelerated path
+    assert checksum(memoryview(array).cast("B")) == checksum(array.tobytes())
 
 
 def test_payload_crc_can_be_left_out():
@@ -255,7 +262,7 @@ def mutate(draw, frames: list[bytes]) -> tuple[str, list[bytes]]:
         high = 2 ** (bits - 1) - 1 if fmt == "<q" else 2**bits - 1
         struct.pack_into(fmt, out[0], offset, draw(st.integers(low, high)))
         body = out[1] if len(out) > 1 else b""
-        crc = zlib.crc32(body, zlib.crc32(out[0][:CRC_SPAN]))
+        crc = checksum(body, checksum(out[0][:CRC_SPAN]))
         struct.pack_into("<I", out[0], CRC_SPAN, crc)
     return kind, [bytes(f) for f in out]
 
