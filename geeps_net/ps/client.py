@@ -71,6 +71,7 @@ class Client:
         self.plan: Plan | None = None
         self.arena = self.pool = self.host = self.staging = None
         self._mode = SETUP
+        self._initial: dict[int, numpy.ndarray] = {}  # worker 0: values to send at start
         self._ops: list[Op] = []
         self._bg: Background | None = None
         self._clock = self._cursor = 0
@@ -107,8 +108,8 @@ class Client:
         with self.cache.cond:
             put(self.device, tc.data, values)
         tc.initialized = True
-        if self.worker_id == 0:
-            self.shards.write_initial(table, values)
+        if self.worker_id == 0:  # sent at start_iterations: the last write wins (-weights, resume)
+            self._initial[table] = values
 
     def write_local(self, local: int, values) -> None:
         """Initial contents of local data (before start_iterations; default zeros)."""
@@ -185,6 +186,12 @@ class Client:
             missing = [t.spec.name for t in self.cache.tables if not t.initialized]
             if missing:
                 raise PsError(f"worker 0 never called write_initial for tables {missing}")
+            # Once per table, final values only: another worker's first read waits for this push,
+            # and an earlier value superseded here (the filler's, before a restore) must never be
+            # what it gets.
+            for table, values in sorted(self._initial.items()):
+                self.shards.write_initial(table, values)
+            self._initial.clear()
         self._bg = Background(self)
         self._bg.start()
         self._mode = RUNNING
