@@ -133,8 +133,9 @@ def train(args) -> int:
 
 
 def _solve(args, xp, factory, data_shard=(0, 1), is_root=True, prepare=None) -> int:
-    """Build the Solver, load -weights / -snapshot, train. With several workers `prepare(solver)`
-    runs before the first iteration (after a restore) and no signal handlers are installed."""
+    """Build the Solver, load -weights / -snapshot, train. With several workers
+    `prepare(solver, resume)` runs before the first iteration (after a restore) and no signal
+    handlers are installed."""
     from geeps_net.solver import load_solver
 
     with _naming_solver(args.solver):
@@ -153,8 +154,8 @@ def _solve(args, xp, factory, data_shard=(0, 1), is_root=True, prepare=None) -> 
         if prepare is not None:
             if resume:
                 solver.restore(resume)
-                resume = None
-            prepare(solver)
+            prepare(solver, resume)
+            resume = None
         solver.solve(resume_file=resume)
     finally:
         solver.close()

@@ -18,7 +18,9 @@ import os
 import sys
 
 import numpy
+import zmq
 
+from geeps_net import checkpoint
 from geeps_net.errors import GeepsError, PsConfigError, PsError
 from geeps_net.ps import cluster
 from geeps_net.ps.peer import HWM, root_of, silence_s
@@ -60,6 +62,11 @@ class ServerSideRule:
         if key not in self.history:
             self.history[key] = [numpy.zeros_like(master) for _ in range(self.rule.num_history)]
         history = self.history[key]
+        if any(h.shape != master.shape for h in history):
+            raise PsError(
+                f"table {table} rows {rng.row_start}..: the restored history has "
+                f"another shape; resume with the snapshot's -num_servers"
+            )
         for offset, count, lr_mult, decay_mult in self.layout[table]:
             lo, hi = max(offset, rng.value_start), min(offset + count, rng.value_stop)
             if lo < hi:  # the part of this param inside the range (every rule is elementwise)
@@ -75,6 +82,29 @@ class ServerSideRule:
                     [h[part] for h in history],
                     then="subtract",
                 )
+
+    def save(self, path: str) -> None:
+        """The history of the ranges served here, as `t<table>_r<row>_h<k>` arrays (.npz)."""
+        arrays = {
+            f"t{table}_r{row}_h{k}": h
+            for (table, row), history in self.history.items()
+            for k, h in enumerate(history)
+        }
+        checkpoint.write_arrays(path, arrays)
+
+    def load(self, path: str) -> None:
+        """Put back what `save` wrote (before the first update arrives)."""
+        n = self.rule.num_history
+        history: dict[tuple[int, int], list] = {}
+        try:
+            for name, values in checkpoint.read_arrays(path).items():
+                table, row, k = (int(part[1:]) for part in name.split("_"))
+                history.setdefault((table, row), [None] * n)[k] = values
+        except (ValueError, IndexError):
+            history = {(): [None]}  # a foreign array name
+        if any(h is None for entry in history.values() for h in entry):
+            raise PsError(f"{path}: not the history of a {self.param.type or 'SGD'} solver")
+        self.history = history
 
     def _rate(self, it: int) -> float:
         """learning_rate in iteration order (multistep keeps state), once per iteration."""
@@ -164,23 +194,29 @@ def run_worker(args, role, config, xp, solve) -> int:
     failstop = cluster.FailStop(f"geeps-net train [worker {i}]")
     rule = ServerSideRule() if config.update_rule == "SERVER" else None
     servers, components = [], []  # the shards we host; those and our RemoteShards
+    ctx = zmq.Context()  # shared: our client reaches our own shards over inproc://
     try:
-        servers = start_servers(role, config, rule)
+        servers = start_servers(role, config, rule, ctx)
         components += servers
         failstop.watch(*servers)
         keys = cluster.curve_keys(config, server=False)
         options = Options(heartbeat_s=config.heartbeat_s, hwm=HWM, curve=keys)
-        shards = RemoteShards(config, i, n, role.server_urls(config), options=options)
+        urls = role.server_urls(config, inproc=True)
+        shards = RemoteShards(config, i, n, urls, options=options, ctx=ctx)
         components.append(shards)
         failstop.watch(shards)
     except BaseException as e:
         _abort(failstop, components, e, i)
         raise
 
-    def prepare(solver) -> None:
-        if rule is not None:
-            trainer, state = solver.trainer, solver.lr_state
-            rule.bind(solver.param, trainer.layout(), solver.iter, state.current_step)
+    def prepare(solver, resume: str | None) -> None:
+        if rule is None:
+            return
+        trainer, state = solver.trainer, solver.lr_state
+        rule.bind(solver.param, trainer.layout(), solver.iter, state.current_step)
+        if resume:  # the history of our shards, saved with this worker's part of the snapshot
+            rule.load(checkpoint.worker_state_path(resume, i) + checkpoint.SERVER_STATE)
+        solver.snapshot_hooks.append(lambda state: rule.save(state + checkpoint.SERVER_STATE))
 
     factory = ps_trainer_factory(config, xp=xp, worker_id=i, num_workers=n, shards=shards)
     try:
@@ -191,11 +227,13 @@ def run_worker(args, role, config, xp, solve) -> int:
     shards.close()  # SHUTDOWN after the last updates (the solver closed its client)
     for server in servers:
         server.join()  # until every worker left
+    ctx.term()  # every socket is closed by now: waits only for their linger
     return 0
 
 
-def start_servers(role, config, rule) -> list[ShardServer]:
-    """Start the shards this worker hosts, bound as Role.bind_urls says."""
+def start_servers(role, config, rule, ctx=None) -> list[ShardServer]:
+    """Start the shards this worker hosts, bound as Role.bind_urls says; given the zmq.Context
+    of this process's client, also at inproc:// URLs (Role.server_urls(inproc=True))."""
     keys = cluster.curve_keys(config, server=True)
     servers = []
     for shard in role.shards(config):
@@ -215,6 +253,8 @@ def start_servers(role, config, rule) -> list[ShardServer]:
             server_rule=rule,
             addresses=role.addresses(config),
             options=options,
+            ctx=ctx,
+            inproc=ctx is not None,
         )
         servers.append(server.start())
     return servers

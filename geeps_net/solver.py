@@ -7,7 +7,6 @@ the same numbers; tests pin them down as bit-identical.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import deque
@@ -15,17 +14,15 @@ from pathlib import Path
 
 import numpy
 
+from geeps_net import checkpoint
 from geeps_net.backend import to_host
 from geeps_net.errors import SolverError
-from geeps_net.fileio import write_atomic
 from geeps_net.net import Net
 from geeps_net.proto import caffe_pb2
 from geeps_net.prototxt import read_net, read_solver
 from geeps_net.solvers import LrState, clip_gradients, create_update_rule, learning_rate, normalize
 
 log = logging.getLogger(__name__)
-
-RUN_STATE = ".run.json"  # suffix of the engine-state file written beside each .solverstate
 
 
 class ResidentTrainer:
@@ -133,6 +130,9 @@ class Solver:
     ) -> None:
         """`trainer_factory(net, rule, param)` builds the trainer (default: ResidentTrainer)."""
         self.param, self.xp, self.is_root = param, xp, is_root
+        self.worker, self.num_workers = data_shard
+        # more parts of a snapshot: each called with this worker's .solverstate path (SERVER rule)
+        self.snapshot_hooks: list = []
         self.solver_dir = Path(solver_dir)
         self.rule = create_update_rule(param)
         self.lr_state = LrState()
@@ -232,7 +232,7 @@ class Solver:
                 self._log_ps_stats()
                 tic, tic_iter = time.perf_counter(), self.iter
             self.iter += 1
-            if p.snapshot and self.iter % p.snapshot == 0 and self.is_root:
+            if p.snapshot and self.iter % p.snapshot == 0:
                 self.snapshot()
             if self.requested_action == "snapshot":
                 self.snapshot()
@@ -249,7 +249,7 @@ class Solver:
             self.restore(resume_file)
         self.step(p.max_iter - self.iter)
         stopped = self.requested_action == "stop"
-        if self.is_root and p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot):
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot):
             self.snapshot()
         if stopped:
             log.info("Optimization stopped early.")
@@ -339,14 +339,34 @@ class Solver:
         return prefix
 
     def snapshot(self) -> tuple[str, str]:
-        """Write <prefix>_iter_<N>.caffemodel and .solverstate (temp file, then rename)."""
-        from geeps_net.snapshot import write_caffemodel, write_solverstate
+        """Write <prefix>_iter_<N>.caffemodel and .solverstate (temp file, then rename); with
+        several workers, each writes its own part of a snapshot consistent at this clock
+        (geeps_net/checkpoint.py)."""
+        from geeps_net.snapshot import write_solverstate
 
         hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
         ext = ".h5" if hdf5 else ""
         base = f"{self.snapshot_prefix()}_iter_{self.iter}"
         Path(base).parent.mkdir(parents=True, exist_ok=True)
-        model, state = f"{base}.caffemodel{ext}", f"{base}.solverstate{ext}"
+        model = f"{base}.caffemodel{ext}"
+        state = checkpoint.worker_state_path(f"{base}.solverstate{ext}", self.worker)
+        if self.num_workers > 1:
+            self.trainer.settle()  # every worker's updates of the clocks before this one are in
+        if self.is_root:
+            self._write_model(model)
+        write_solverstate(
+            state, self.iter, model, self.trainer.history_arrays(), self.lr_state.current_step
+        )
+        content = checkpoint.run_state(self.net, self.iter, self.losses, self.num_workers)
+        checkpoint.write_run_state(state, content)
+        for hook in self.snapshot_hooks:
+            hook(state)
+        log.info("Snapshotting solver state to binary proto file %s", state)
+        return model, state
+
+    def _write_model(self, model: str) -> None:
+        from geeps_net.snapshot import write_caffemodel
+
         weights = weights_by_layer(self.net, self.trainer.param_arrays())
         layers = [
             (layer.name, layer.type, [b.name for b in bottoms], [t.name for t in tops],
@@ -355,40 +375,16 @@ class Solver:
         ]  # fmt: skip
         write_caffemodel(model, self.net.name, layers)
         log.info("Snapshotting to binary proto file %s", model)
-        write_solverstate(
-            state, self.iter, model, self.trainer.history_arrays(), self.lr_state.current_step
-        )
-        write_atomic(Path(state + RUN_STATE), json.dumps(self.run_state()).encode())
-        log.info("Snapshotting solver state to binary proto file %s", state)
-        return model, state
-
-    def run_state(self) -> dict:
-        """What a .solverstate cannot hold but a bit-identical resume needs: every train-net layer's
-        random generator and the data layers' read positions (JSON; never pickle)."""
-        layers = {}
-        for layer in self.net.layers:
-            if hasattr(layer, "state"):  # data layers: read position + their own generator
-                layers[layer.name] = {"data": layer.state()}
-            else:
-                layers[layer.name] = {"rng": layer.rng.bit_generator.state}
-        return {"iter": self.iter, "layers": layers, "smoothed": list(self.losses)}
-
-    def restore_run_state(self, state: dict) -> None:
-        """Put back what `run_state` saved (layers matched by name; others keep theirs)."""
-        for layer in self.net.layers:
-            entry = state["layers"].get(layer.name)
-            if entry is None:
-                continue
-            if "data" in entry and hasattr(layer, "restore"):
-                layer.restore(entry["data"])
-            elif "rng" in entry:
-                layer.rng.bit_generator.state = entry["rng"]
-        self.losses.extend(state.get("smoothed", []))
 
     def restore(self, path) -> None:
-        """Resume from a .solverstate: its iteration, history, and the .caffemodel it names."""
+        """Resume from a .solverstate: its iteration, history, and the .caffemodel it names. With
+        several workers `path` is worker 0's file and each worker reads its own beside it."""
         from geeps_net.snapshot import read_solverstate
 
+        content = checkpoint.read_run_state(path, self.num_workers)
+        path = checkpoint.worker_state_path(path, self.worker)
+        if not Path(path).exists():
+            raise SolverError(f"{path}: no such file (the snapshot is incomplete)")
         it, learned_net, history, current_step = read_solverstate(path)
         if learned_net:
             model = resolve_path(learned_net, Path(path).parent)
@@ -400,11 +396,15 @@ class Solver:
             raise SolverError(f"{path}: {len(history)} history blobs, the solver needs {expected}")
         self.trainer.load(history=history)
         self.iter, self.lr_state.current_step = it, current_step
-        sidecar = Path(str(path) + RUN_STATE)
-        if sidecar.exists():
-            self.restore_run_state(json.loads(sidecar.read_text()))
+        if self.worker:
+            content = checkpoint.read_run_state(path, self.num_workers)
+        if content is not None:
+            self.losses.extend(checkpoint.restore_run_state(self.net, content))
         else:
-            log.warning("%s: no %s beside it: data order and random draws restart", path, RUN_STATE)
+            log.warning(
+                "%s: no %s beside it: data order and random draws restart",
+                path, checkpoint.RUN_STATE,
+            )  # fmt: skip
         log.info("Restored solver state from %s at iteration %d", path, it)
 
     def load_weights(self, path) -> None:
