@@ -1,4 +1,4 @@
-"""Training throughput (images/s) with 1 and N worker processes over TCP loopback, and the scaling.
+"""Training throughput (images/s) with 1 and N worker processes over the PS, and the scaling.
 
     python tools/bench_scaling.py                               # lenet, cifar10_quick; 1 vs 2
     python tools/bench_scaling.py --nets lenet --workers 1 2 4 --iters 40 --repeats 3
@@ -6,9 +6,10 @@
 Each worker is a process with one BLAS/OpenMP thread (OMP/OPENBLAS/MKL_NUM_THREADS=1 and
 threadpoolctl), training the net's TRAIN phase with its Data layer replaced by an Input of random
 images (tools/bench_train.py's nets and batches, per worker) through the PS: one worker on an
-in-process shard, N workers each hosting a shard (geeps_net/distributed.py's layout), BSP, update
-rule AVERAGE. Throughput = all images of the timed iterations / the slowest worker's time; the
-median of --repeats runs is printed, then `scaling <net> <N> workers = X.XXx` against 1 worker.
+in-process shard, N workers each hosting a shard (geeps_net/distributed.py's layout: its own
+shard over inproc://, the others' over TCP loopback), BSP, update rule AVERAGE. Throughput = all
+images of the timed iterations / the slowest worker's time; the median of --repeats runs is
+printed, then `scaling <net> <N> workers = X.XXx` against 1 worker.
 On a machine with fewer cores than workers the workers share cores: the figure says so.
 """
 
@@ -43,14 +44,17 @@ def worker(args) -> dict:
     i, n = args.worker, args.of
     config = Config(update_rule="AVERAGE", num_servers=n, base_port=args.base, deadline_s=120.0)
     shards, servers = None, []
-    if n > 1:
+    if n > 1:  # as run_worker: our own shard over inproc://, the others' over TCP
+        import zmq
+
         from geeps_net.distributed import start_servers
         from geeps_net.ps import cluster
         from geeps_net.ps.remote import RemoteShards
 
+        ctx = zmq.Context()
         role = cluster.Role(i, n, ("127.0.0.1",) * n)
-        servers = start_servers(role, config, None)
-        shards = RemoteShards(config, i, n, role.server_urls(config))
+        servers = start_servers(role, config, None, ctx)
+        shards = RemoteShards(config, i, n, role.server_urls(config, inproc=True), ctx=ctx)
     factory = ps_trainer_factory(config, worker_id=i, num_workers=n, shards=shards)
     solver = Solver(
         solver_param(bench_net_param(args.child)),
@@ -70,6 +74,8 @@ def worker(args) -> dict:
         shards.close()  # then every worker's SHUTDOWN ends the shards
     for server in servers:
         server.join()
+    if n > 1:
+        ctx.term()
     return {"worker": i, "images": args.iters * len(labels), "seconds": seconds}
 
 

@@ -5,6 +5,7 @@ how a local job is launched, supervised and stopped when one process fails.
     role = resolve_role(machinefile="hosts.txt", worker_id=3)
     role = resolve_role(env=os.environ)                 # under mpirun / srun
     role.server_urls(config)      # [[url of each channel] of each server shard]
+    role.server_urls(config, inproc=True)  # the same, but this worker's own shards via inproc://
     role.shards(config)           # the shards this worker hosts (shard s lives with worker s % N)
 
 Shard s listens on the host of worker s % N at ports base_port + s * num_channels + channel.
@@ -30,7 +31,7 @@ from pathlib import Path
 from geeps_net.errors import PsConfigError
 from geeps_net.ps.curve import CurveKeys
 from geeps_net.ps.peer import root_of
-from geeps_net.ps.transport import LOOPBACK, tcp_urls
+from geeps_net.ps.transport import LOOPBACK, shard_inproc_urls, tcp_urls
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,14 @@ class Role:
         """The server shards this worker hosts."""
         return list(range(self.worker_id, config.num_servers, self.num_workers))
 
-    def server_urls(self, config) -> list[list[str]]:
-        """Where workers connect: the channel URLs of every shard."""
+    def server_urls(self, config, inproc: bool = False) -> list[list[str]]:
+        """Where workers connect: the channel URLs of every shard. inproc=True: this worker's own
+        shards at their inproc:// URLs (its client shares their zmq.Context), others over TCP."""
+        mine = set(self.shards(config)) if inproc else set()
         return [
-            self._urls(config, s, self.hosts[s % self.num_workers])
+            shard_inproc_urls(s, config.num_channels)
+            if s in mine
+            else self._urls(config, s, self.hosts[s % self.num_workers])
             for s in range(config.num_servers)
         ]
 
@@ -279,14 +284,18 @@ def describe_exit(code: int) -> str:
     return f"exit status {code}"
 
 
+# what the workers act on (stop, snapshot: -sigint_effect, -sighup_effect); worker 0 decides
+FORWARDED = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+
+
 def supervise(commands: list[list[str]], grace_s: float, env=None, poll_s: float = 0.05) -> int:
     """Run worker i as commands[i]; 0 when all exit 0. When one exits otherwise, say which
     failed first, give the others `grace_s` to stop on their own (they report their verdicts),
-    then terminate them; returns 1. SIGINT and SIGTERM are passed on to the workers."""
+    then terminate them; returns 1. SIGINT, SIGTERM and SIGHUP are passed on to the workers."""
     procs = [subprocess.Popen(cmd, env=env) for cmd in commands]
     for i, proc in enumerate(procs):
         log.info("worker %d: pid %d", i, proc.pid)
-    previous = {s: signal.signal(s, _forward(procs)) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, _forward(procs)) for s in FORWARDED}
     try:
         return _watch(procs, grace_s, poll_s)
     finally:

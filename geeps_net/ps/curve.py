@@ -10,6 +10,7 @@ A server encrypts with its secret key and admits only clients whose public key f
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,25 +64,46 @@ def load_key(path: str | Path) -> tuple[bytes, bytes | None]:
 def start_authenticator(ctx: zmq.Context, authorized_dir: Path | None) -> ThreadAuthenticator:
     """A ZAP handler on `ctx` admitting the clients whose public keys are in `authorized_dir`.
 
-    ZeroMQ allows one handler per Context: give each CURVE server its own Context.
+    ZeroMQ allows one handler per Context, so servers sharing a Context (the shards of one worker,
+    which its client reaches over inproc://) share one: each start counts a user, and
+    stop_authenticator stops the handler when its last user stops.
     """
     if authorized_dir is None or not Path(authorized_dir).is_dir():
         raise PsError(
             f"CURVE server: {authorized_dir} is not a directory of authorised client keys"
         )
-    auth = ThreadAuthenticator(ctx, log=log)
-    try:
-        auth.start()
-    except zmq.ZMQError as e:
-        raise PsError(
-            f"CURVE server: cannot start the authenticator ({e}); one per Context"
-        ) from None
-    auth.configure_curve(domain="*", location=str(authorized_dir))
-    return auth
+    with _SHARED_LOCK:
+        shared = _SHARED.get(ctx)
+        if shared is not None:
+            if shared.authorized_dir != Path(authorized_dir):
+                raise PsError(
+                    f"CURVE server: {authorized_dir}: this Context's servers admit the keys of "
+                    f"{shared.authorized_dir}; one directory per Context"
+                )
+            shared.users += 1
+            return shared.auth
+        auth = ThreadAuthenticator(ctx, log=log)
+        try:
+            auth.start()
+        except zmq.ZMQError as e:
+            raise PsError(
+                f"CURVE server: cannot start the authenticator ({e}); one per Context"
+            ) from None
+        auth.configure_curve(domain="*", location=str(authorized_dir))
+        _SHARED[ctx] = _Shared(auth, Path(authorized_dir))
+        return auth
 
 
 def stop_authenticator(auth: ThreadAuthenticator, deadline_s: float = 5.0) -> None:
-    """Stop the handler thread, joined within `deadline_s` (logged if it does not stop)."""
+    """One user fewer; the last one stops the handler thread, joined within `deadline_s`
+    (logged if it does not stop)."""
+    with _SHARED_LOCK:
+        shared = _SHARED.get(auth.context)
+        if shared is not None and shared.auth is auth:
+            shared.users -= 1
+            if shared.users:
+                return
+            del _SHARED[auth.context]
     if auth.pipe is not None and auth.thread is not None:
         auth.pipe.send(b"TERMINATE")
         auth.thread.join(timeout=deadline_s)
@@ -89,3 +111,18 @@ def stop_authenticator(auth: ThreadAuthenticator, deadline_s: float = 5.0) -> No
             log.error("the CURVE authenticator did not stop in %.1f s", deadline_s)
             return
     auth.stop()
+
+
+@dataclass
+class _Shared:
+    """The ZAP handler of one Context and how many servers use it."""
+
+    auth: ThreadAuthenticator
+    authorized_dir: Path
+    users: int = 1
+
+
+# The handler of each Context with servers on it: ZeroMQ binds a Context's ZAP handler to one
+# fixed inproc address, so this bookkeeping is per Context by nature, not a choice of ours.
+_SHARED: dict[zmq.Context, _Shared] = {}
+_SHARED_LOCK = threading.Lock()

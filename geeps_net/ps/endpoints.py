@@ -17,7 +17,12 @@ log = logging.getLogger(__name__)
 
 
 class ServerEndpoint(Endpoint):
-    """One ROUTER per channel, bound to `urls` (loopback unless CURVE keys or allow_insecure)."""
+    """One ROUTER per channel, bound to `urls` (loopback unless CURVE keys or allow_insecure).
+
+    `local_urls` (inproc://, one per channel) are bound too, for a client in this process that
+    shares `ctx`: it skips TCP's copies and system calls. ZeroMQ runs no CURVE handshake on
+    inproc, and none is needed: only code in this process can reach those URLs.
+    """
 
     role, peer_role = "server", "worker"
 
@@ -29,17 +34,24 @@ class ServerEndpoint(Endpoint):
         workers: Collection[int],
         tables: Mapping[int, TableShape] | None = None,
         options: Options = Options(),  # noqa: B008 (a frozen dataclass)
+        local_urls: Sequence[str] = (),
     ) -> None:
         super().__init__(ctx, server_id, workers, tables, options)
         self.auth = None  # the ZAP handler thread when CURVE is on
         self.routes: dict[int, int] = {}  # worker -> channel it was last heard on
         self.urls: list[str] = []
+        self.local_urls = list(local_urls)
         try:
             self._check_bind(urls)
+            if self.local_urls and len(self.local_urls) != len(urls):
+                n = len(self.local_urls)
+                raise PsError(f"{self.name}: {n} inproc URLs for {len(urls)} channels")
             if options.curve is not None:
                 self.auth = start_authenticator(ctx, options.curve.authorized_dir)
             for channel, url in enumerate(urls):
                 self.urls.append(self._bind(channel, url))
+            for channel, url in enumerate(self.local_urls):
+                self._bind_too(channel, url)
         except BaseException:
             self.close()
             raise
@@ -68,6 +80,15 @@ class ServerEndpoint(Endpoint):
         except zmq.ZMQError as e:
             raise PsError(f"{self.name}: cannot bind channel {channel} to {url}: {e}") from None
         return sock.last_endpoint.decode()
+
+    def _bind_too(self, channel: int, url: str) -> None:
+        """Bind channel's ROUTER to a second URL (its inproc:// one)."""
+        if not url.startswith("inproc://"):
+            raise PsError(f"{self.name}: channel {channel}'s local URL {url} is not inproc://")
+        try:
+            self.sockets[channel].bind(url)
+        except zmq.ZMQError as e:
+            raise PsError(f"{self.name}: cannot bind channel {channel} to {url}: {e}") from None
 
     def where(self, peer: int) -> str:
         return self.urls[self.routes.get(peer, 0)] if self.urls else "unbound"

@@ -13,6 +13,7 @@ from geeps_net.ps.endpoints import ServerEndpoint
 from geeps_net.ps.peer import AGREE, Component, RemoteFailure, endpoint_options
 from geeps_net.ps.server import Push, ServerRule, TabletServer
 from geeps_net.ps.tables import Directory, RowRange
+from geeps_net.ps.transport import shard_inproc_urls
 from geeps_net.ps.wire import ALL_TABLES, MsgType, TableShape, note
 
 
@@ -30,7 +31,9 @@ class _ServerEndpoint(ServerEndpoint):
 class ShardServer(Component):
     """One server shard on its own thread: transport + TabletServer, until every worker left.
 
-    `addresses` names each worker in verdicts (e.g. its host:port in the job).
+    `addresses` names each worker in verdicts (e.g. its host:port in the job). With `inproc`, the
+    shard also listens at shard_inproc_urls(server_id, ...) for the client of its own process,
+    which must share `ctx` (DESIGN §6: co-located client and server use inproc://).
     """
 
     def __init__(
@@ -44,7 +47,10 @@ class ShardServer(Component):
         addresses=None,
         options=None,
         ctx=None,
+        inproc: bool = False,
     ):
+        if inproc and ctx is None:
+            raise PsError(f"server {server_id}: inproc URLs need the zmq.Context of the client")
         self._setup(config, ctx)
         self.id, self.num_workers, self.name = server_id, num_workers, f"server {server_id}"
         self.tablet = TabletServer(server_id, num_workers, config.update_rule, server_rule)
@@ -64,6 +70,7 @@ class ShardServer(Component):
                 self.shapes,
                 endpoint_options(config, options, strict=False),
                 addresses=addresses,
+                local_urls=shard_inproc_urls(server_id, config.num_channels) if inproc else (),
             )
         except BaseException:
             if self._own_ctx:

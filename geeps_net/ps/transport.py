@@ -80,6 +80,11 @@ def inproc_urls(name: str, num_channels: int) -> list[str]:
     return [f"inproc://geeps-{name}-{c}" for c in range(num_channels)]
 
 
+def shard_inproc_urls(shard: int, num_channels: int) -> list[str]:
+    """Where a client in the process hosting server shard `shard` reaches it (see inproc_urls)."""
+    return inproc_urls(f"shard{shard}", num_channels)
+
+
 class Endpoint:
     """What servers and clients share: sockets, polling with deadlines, heartbeats, liveness.
 

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import numpy
+import zmq
 
 from geeps_net.dataset import convert_mnist
 from geeps_net.prototxt import parse_solver
@@ -15,7 +16,7 @@ from geeps_net.ps import cluster
 from geeps_net.ps.config import Config
 from geeps_net.ps.remote import RemoteShards, ShardServer
 from geeps_net.ps.server import LocalShards
-from geeps_net.ps.transport import tcp_urls
+from geeps_net.ps.transport import shard_inproc_urls, tcp_urls
 from geeps_net.solver import Solver
 from geeps_net.worker import ps_trainer_factory
 
@@ -123,9 +124,16 @@ def run_threads(functions, timeout: float = 60.0) -> list:
 
 
 class InProcessCluster:
-    """`num_servers` ShardServers on threads (TCP loopback) and a RemoteShards per worker."""
+    """`num_servers` ShardServers on threads (TCP loopback) and a RemoteShards per worker.
 
-    def __init__(self, cfg: Config, num_workers: int, server_rule=None) -> None:
+    colocated: laid out as run_worker does, worker w hosting shards w, w + N, ... on its own
+    zmq.Context and reaching them over inproc://, the other shards over TCP.
+    """
+
+    def __init__(
+        self, cfg: Config, num_workers: int, server_rule=None, colocated: bool = False
+    ) -> None:
+        self.contexts = [zmq.Context() for _ in range(num_workers)] if colocated else []
         self.servers = [
             ShardServer(
                 cfg,
@@ -133,13 +141,28 @@ class InProcessCluster:
                 num_workers,
                 tcp_urls("127.0.0.1", 0, cfg.num_channels),
                 server_rule=server_rule,
+                ctx=self._ctx(s % num_workers),
+                inproc=colocated,
             ).start()
             for s in range(cfg.num_servers)
         ]
-        urls = [s.urls for s in self.servers]
+
+        def urls(w: int) -> list[list[str]]:
+            mine = {s for s in range(cfg.num_servers) if colocated and s % num_workers == w}
+            return [
+                shard_inproc_urls(s, cfg.num_channels) if s in mine else server.urls
+                for s, server in enumerate(self.servers)
+            ]
+
         self.shards = run_threads(
-            [lambda w=w: RemoteShards(cfg, w, num_workers, urls) for w in range(num_workers)]
+            [
+                lambda w=w: RemoteShards(cfg, w, num_workers, urls(w), ctx=self._ctx(w))
+                for w in range(num_workers)
+            ]
         )
+
+    def _ctx(self, worker: int):
+        return self.contexts[worker] if self.contexts else None
 
     def close(self) -> None:
         """Shut down cleanly (each worker's client must be closed first)."""
@@ -147,6 +170,9 @@ class InProcessCluster:
             shards.close()
         for server in self.servers:
             server.join()
+        for ctx in self.contexts:
+            ctx.term()
+        self.contexts = []
 
 
 def local_shards(cfg: Config, num_workers: int, server_rule=None):

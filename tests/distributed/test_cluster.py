@@ -100,6 +100,11 @@ def test_where_shards_listen():
         ["tcp://127.0.0.1:6004", "tcp://127.0.0.1:6005"],
     ]
     assert role.bind_urls(cfg, 2) == ["tcp://127.0.0.1:6004", "tcp://127.0.0.1:6005"]
+    assert role.server_urls(cfg, inproc=True) == [  # its own shards 0 and 2: same process
+        ["inproc://geeps-shard0-0", "inproc://geeps-shard0-1"],
+        ["tcp://b.example:6002", "tcp://b.example:6003"],
+        ["inproc://geeps-shard2-0", "inproc://geeps-shard2-1"],
+    ]
     other = Role(1, 2, role.hosts, "machinefile")
     assert other.bind_urls(cfg, 1) == ["tcp://0.0.0.0:6002", "tcp://0.0.0.0:6003"]
     assert other.bind_host(cfg.overrides(bind="10.1.2.3")) == "10.1.2.3"

@@ -15,7 +15,7 @@ from geeps_net.ps.client import Client
 from geeps_net.ps.curve import CurveKeys, generate_keys
 from geeps_net.ps.endpoints import ClientEndpoint, ServerEndpoint
 from geeps_net.ps.remote import RemoteShards, ShardServer
-from geeps_net.ps.transport import Options, tcp_urls
+from geeps_net.ps.transport import Options, shard_inproc_urls, tcp_urls
 from geeps_net.ps.wire import Header, MsgType, encode
 
 from ..ps.fake_loop import TABLES, start, step
@@ -25,9 +25,9 @@ from .helpers import InProcessCluster, config, run_threads
 ITERS = 6
 
 
-def remote_workers(cfg, iters=ITERS, server_rule=None):
+def remote_workers(cfg, iters=ITERS, server_rule=None, colocated=False):
     """Two workers (threads) over two shards with two channels; settled caches and masters."""
-    cluster = InProcessCluster(cfg, 2, server_rule)
+    cluster = InProcessCluster(cfg, 2, server_rule, colocated)
     clients = [Client(cfg, cluster.shards[w], worker_id=w, num_workers=2) for w in range(2)]
 
     def work(w):
@@ -58,9 +58,11 @@ def wait_age(client, api, age, deadline_s=10.0):
             time.sleep(0.002)
 
 
+@pytest.mark.parametrize("colocated", [False, True], ids=["tcp", "inproc"])
 @pytest.mark.parametrize("rule,combine", [("SUM", add_in_order), ("AVERAGE", add_average)])
-def test_two_workers_over_tcp_equal_numpy(rule, combine):
-    tables, master = remote_workers(config(update_rule=rule, num_servers=2, num_channels=2))
+def test_two_workers_over_tcp_equal_numpy(rule, combine, colocated):
+    cfg = config(update_rule=rule, num_servers=2, num_channels=2)
+    tables, master = remote_workers(cfg, colocated=colocated)  # inproc: each to its own shard
     want = lockstep(combine)
     for name in TABLES:
         assert numpy.array_equal(master[name], want[name]), name
@@ -178,6 +180,50 @@ def test_curve_cluster(tmp_path):
     assert numpy.array_equal(shards.read_table(0), numpy.full(10, 3))
     shards.close()
     server.join()
+
+
+def test_curve_shards_sharing_a_context_share_its_authenticator(tmp_path):
+    generate_keys(tmp_path / "server", "server")
+    generate_keys(tmp_path / "workers", "w")
+    server_keys = CurveKeys(tmp_path / "server/server.key_secret", None, tmp_path / "workers")
+    worker_keys = CurveKeys(tmp_path / "workers/w.key_secret", tmp_path / "server/server.key")
+    cfg = config(num_servers=2)
+    ctx = zmq.Context()  # worker 0's: it hosts both shards, as with -num_servers 2 -workers 1
+    servers = [
+        ShardServer(
+            cfg,
+            s,
+            2,
+            tcp_urls("127.0.0.1", 0, 1),
+            options=Options(heartbeat_s=0.5, curve=server_keys),
+            ctx=ctx,
+            inproc=True,
+        ).start()
+        for s in range(2)
+    ]
+    local = [shard_inproc_urls(s, 1) for s in range(2)]
+    remote = [server.urls for server in servers]
+    shards = run_threads(
+        [
+            lambda: RemoteShards(cfg, 0, 2, local, ctx=ctx),
+            lambda: RemoteShards(cfg, 1, 2, remote, options=Options(curve=worker_keys)),
+        ]
+    )
+    for worker in shards:
+        worker.create_table(0, 40)
+    shards[0].write_initial(0, numpy.full(40, 3, "float32"))
+    for worker in shards:
+        assert numpy.array_equal(worker.read_table(0), numpy.full(40, 3))
+    for worker in shards:
+        worker.close()
+    for server in servers:
+        server.join()  # the first one out leaves the authenticator to the other
+    ctx.term()
+
+
+def test_inproc_needs_the_clients_context():
+    with pytest.raises(PsError, match="server 0: inproc URLs need the zmq.Context of the client"):
+        ShardServer(config(), 0, 1, tcp_urls("127.0.0.1", 0, 1), inproc=True)
 
 
 def test_wake_ends_a_poll_from_another_thread():

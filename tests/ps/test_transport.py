@@ -12,7 +12,7 @@ import zmq
 from geeps_net.errors import DeadlineError, PeerLost, PsError, WireError
 from geeps_net.ps.curve import CurveKeys, generate_keys
 from geeps_net.ps.endpoints import ClientEndpoint, ServerEndpoint
-from geeps_net.ps.transport import Options, inproc_urls, tcp_urls
+from geeps_net.ps.transport import Options, inproc_urls, shard_inproc_urls, tcp_urls
 from geeps_net.ps.wire import HEADER, Header, MsgType, TableShape, encode
 
 ROW = 256
@@ -90,6 +90,41 @@ def test_inproc_is_zero_copy_end_to_end(ctx):
     assert server.urls == ["inproc://geeps-s0-0"]
     client.close()
     server.close()
+
+
+def test_a_server_serves_tcp_and_its_local_client_over_inproc_at_once(ctx):
+    local_urls = shard_inproc_urls(0, 2)
+    urls = tcp_urls("127.0.0.1", 0, 2)
+    server = ServerEndpoint(ctx, 0, urls, {0, 1}, TABLES, FAST, local_urls=local_urls)
+    local = ClientEndpoint(ctx, 0, [local_urls], TABLES, FAST)  # same Context
+    other = zmq.Context()  # another process's, as far as zmq can tell
+    remote = ClientEndpoint(other, 1, [server.urls], TABLES, FAST)
+    for client in (local, remote):
+        delta = rows(client.id, 0, 1025)
+        client.send(0, client.header(MsgType.UPDATE, table=7, clock=0, row_end=1025), delta)
+        msg = server.recv(5.0, "an UPDATE")
+        assert msg.peer == client.id and numpy.array_equal(msg.payload, delta)
+        assert numpy.shares_memory(msg.payload, delta) == (client is local)  # inproc: no copy
+        server.send(client.id, server.header(MsgType.HELLO), channel=1)
+        assert client.recv(5.0, "a HELLO").channel == 1
+    assert server.where(0) == server.urls[0] and URL.fullmatch(server.where(0))  # verdicts: tcp
+    for endpoint in (local, remote, server):
+        endpoint.close()
+    other.term()
+
+
+def test_local_urls_are_inproc_one_per_channel(ctx):
+    urls = tcp_urls("127.0.0.1", 0, 2)
+    with pytest.raises(PsError, match="1 inproc URLs for 2 channels"):
+        ServerEndpoint(ctx, 0, urls, {0}, local_urls=shard_inproc_urls(0, 1))
+    with pytest.raises(PsError, match="channel 0's local URL tcp://127.0.0.1:9 is not inproc"):
+        ServerEndpoint(ctx, 0, urls[:1], {0}, local_urls=["tcp://127.0.0.1:9"])
+    with pytest.raises(PsError, match="cannot bind channel 0 to inproc://geeps-shard3-0"):
+        first = ServerEndpoint(ctx, 0, urls[:1], {0}, local_urls=shard_inproc_urls(3, 1))
+        try:
+            ServerEndpoint(ctx, 1, urls[:1], {0}, local_urls=shard_inproc_urls(3, 1))
+        finally:
+            first.close()
 
 
 def test_recv_with_nothing_coming_raises_within_its_deadline(ctx):
