@@ -134,8 +134,7 @@ def train(args) -> int:
 
 def _solve(args, xp, factory, data_shard=(0, 1), is_root=True, prepare=None) -> int:
     """Build the Solver, load -weights / -snapshot, train. With several workers
-    `prepare(solver, resume)` runs before the first iteration (after a restore) and no signal
-    handlers are installed."""
+    `prepare(solver, resume)` runs before the first iteration (after a restore)."""
     from geeps_net.solver import load_solver
 
     with _naming_solver(args.solver):
@@ -145,8 +144,7 @@ def _solve(args, xp, factory, data_shard=(0, 1), is_root=True, prepare=None) -> 
     try:
         if is_root:
             _check_snapshot_folder(args.solver, solver.snapshot_prefix())
-        if prepare is None:  # stop/snapshot at the end of an iteration: one process only
-            _install_signals(solver, args)
+        _install_signals(solver, args)  # stop/snapshot at the end of an iteration
         if args.weights:
             for path in args.weights.split(","):
                 solver.load_weights(path)

@@ -56,6 +56,9 @@ class ServerSideRule:
     def __call__(self, table: int, rng, master, mean, clock: int) -> None:
         if self.layout is None:
             raise PsError("update_rule SERVER: an update arrived before the solver was built")
+        if table >= len(self.layout):  # the job-control table (geeps_net/control.py): no solver
+            master += mean
+            return
         it = self.first_iter + clock
         rate = self._rate(it)
         key = (table, rng.row_start)

@@ -146,6 +146,7 @@ class Solver:
         self.losses: deque[float] = deque(maxlen=max(param.average_loss, 1))
         self.smoothed_loss = 0.0
         self.requested_action = None  # set by signal handlers: "stop" or "snapshot"
+        self.stopped = False
 
     # -- building -------------------------------------------------------------------------------
 
@@ -234,11 +235,22 @@ class Solver:
             self.iter += 1
             if p.snapshot and self.iter % p.snapshot == 0:
                 self.snapshot()
-            if self.requested_action == "snapshot":
+            actions = self._actions()
+            if "snapshot" in actions:
                 self.snapshot()
-                self.requested_action = None
-            elif self.requested_action == "stop":
+            if "stop" in actions:
+                self.stopped = True
                 break
+
+    def _actions(self) -> list[str]:
+        """What a signal asked for, done now: at once in one process; with several workers at a
+        clock the whole job agrees on (worker 0 decides, geeps_net/control.py)."""
+        action, self.requested_action = self.requested_action, None
+        if self.num_workers == 1:
+            return [action] if action else []
+        if action:
+            self.trainer.request(action)
+        return self.trainer.agreed_actions()
 
     def solve(self, resume_file=None) -> None:
         """Caffe's Solver::Solve: optional restore, max_iter iterations, final snapshot and test."""
@@ -248,7 +260,7 @@ class Solver:
         if resume_file:
             self.restore(resume_file)
         self.step(p.max_iter - self.iter)
-        stopped = self.requested_action == "stop"
+        stopped = self.stopped
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot):
             self.snapshot()
         if stopped:

@@ -16,6 +16,7 @@ import time
 import numpy
 
 from geeps_net.backend import to_host
+from geeps_net.control import ACTIONS, JobControl
 from geeps_net.errors import DeadlineError, NetError, SolverError
 from geeps_net.ps.client import Client
 from geeps_net.ps.config import Config
@@ -52,6 +53,12 @@ class PsTrainer:
         self.iter_size = max(param.iter_size, 1) if train else 1
         self.deferred = train and (self.iter_size > 1 or param.clip_gradients >= 0)
         self.schedule = build_schedule(net, client.config.layers_per_table, train)
+        self.control = None  # several workers: stop/snapshot agreed through a PS table
+        if train and client.num_workers > 1:
+            cfg = client.config
+            self.control = JobControl(
+                client.worker_id, client.num_workers, cfg.slack, cfg.update_rule
+            )
         self._register()
         with client.virtual_iteration():
             self._iterate(0, 0.0, compute=False)
@@ -83,6 +90,10 @@ class PsTrainer:
             for t, table in enumerate(s.tables):
                 init = numpy.concatenate([p.blob_init.ravel() for p in table.params])
                 c.write_initial(self.table_ids[t], init.astype(numpy.float32))
+        if self.control is not None:  # after the net's tables: ids match layout() on the servers
+            self.control_id = c.create_table("job.control", len(ACTIONS))
+            if c.worker_id == 0:
+                c.write_initial(self.control_id, numpy.zeros(len(ACTIONS), numpy.float32))
         for key, lid in self.history_ids.items():
             c.write_local(lid, numpy.zeros(s.tables[key[0]].size, numpy.float32))
         for key, (blob, kind) in s.locals.items():
@@ -106,6 +117,8 @@ class PsTrainer:
 
     def _iterate(self, it: int, rate: float, compute: bool) -> float:
         loss = 0.0
+        if self.control is not None:
+            self._read_control(compute)
         for _ in range(self.iter_size):
             loss += self._forward(compute)
             self._backward(it, rate, compute)
@@ -113,6 +126,8 @@ class PsTrainer:
             self._deferred_updates(it, rate, compute)
         for t in self.schedule.idle_updates if not self.deferred else []:
             self._update_table(t, it, rate, compute, grad=None)
+        if self.control is not None:
+            self._write_control(compute)
         self.client.clock()
         return loss / self.iter_size
 
@@ -153,6 +168,26 @@ class PsTrainer:
                     self._apply_rule(t, it, rate, compute)
                     c.update(self.table_ids[t])
             self._release(step)
+
+    def _read_control(self, compute: bool) -> None:
+        values = self.client.read(self.control_id)
+        if compute:
+            self.control.observe(to_host(values), self.steps)
+        self.client.post_read(self.control_id)
+
+    def _write_control(self, compute: bool) -> None:
+        buf = self.client.pre_update(self.control_id)
+        if compute:
+            buf[...] = self.xp.asarray(self.control.delta(self.steps))
+        self.client.update(self.control_id)
+
+    def request(self, action: str) -> None:
+        """Several workers: ask for "stop" or "snapshot" at a clock the whole job agrees on."""
+        self.control.request(action)
+
+    def agreed_actions(self) -> list[str]:
+        """Several workers: the actions every worker takes now, at the end of this clock."""
+        return self.control.due(self.steps) if self.control is not None else []
 
     def _deferred_updates(self, it: int, rate: float, compute: bool) -> None:
         """iter_size > 1 or clipping: updates wait for every gradient (Caffe's ApplyUpdate
