@@ -190,7 +190,10 @@ class RemoteShards(Component):
         if channel is None:
             channel = header.table % self.config.num_channels
         self._outbox.append((server, channel, header, payload))
-        self.ep.wake()
+        # One wake per batch: the thread flushes until the outbox is empty before it polls, so a
+        # longer outbox already has a wake on its way (a per-table burst is ~20 messages)
+        if len(self._outbox) == 1:
+            self.ep.wake()
 
     def _check(self) -> None:
         if self.error is not None:
