@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
 import zmq
 
@@ -59,6 +60,7 @@ class Component:
         self._hooks: list = []
         self._abort: str | None = None
         self._own_ctx = ctx is None
+        self._next_check = 0.0  # when _check_peers looks again
         self.ctx = ctx or zmq.Context()
 
     def on_failure(self, hook) -> None:
@@ -79,7 +81,14 @@ class Component:
         return min(self.config.heartbeat_s, silence_s(self.config)) / 2
 
     def _check_peers(self) -> None:
-        """Liveness: peers never heard from get the whole deadline (start-up), others silence_s."""
+        """Liveness: peers never heard from get the whole deadline (start-up), others silence_s.
+
+        At most every tick / 4 seconds: the loop calls this after every message, and a verdict a
+        fraction of a tick late is still seconds before anyone's deadline."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + self._tick() / 4
         ep = self.ep
         started = ep.heard >= ep.peers - ep.departed
         limit = silence_s(self.config) if started else self.config.deadline_s

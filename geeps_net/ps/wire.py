@@ -82,6 +82,7 @@ BODY = {  # MsgType -> what it carries (see the module docstring)
     MsgType.SHUTDOWN: "NOTE",
     MsgType.ERROR: "NOTE",
 }
+TYPES = {int(t): t for t in MsgType}  # decode's lookup: a dict is faster than MsgType(code)
 TABLE_TYPES = frozenset(t for t, body in BODY.items() if body in ("ROWS", "RANGE", "SPEC"))
 
 
@@ -105,7 +106,8 @@ class Header:
     row_end: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "type", MsgType(self.type))  # a plain int from a caller
+        if type(self.type) is not MsgType:  # a plain int from a caller (MsgType() is slow)
+            object.__setattr__(self, "type", MsgType(self.type))
 
     @property
     def rows(self) -> range:
@@ -214,7 +216,7 @@ def decode(
         raise WireError(f"message from {who}: checksum {got:#010x} != header's {crc:#010x}")
     if mtype not in BODY:
         raise WireError(f"message from {who}: unknown message type {mtype}")
-    header = Header(MsgType(mtype), sender, table, clock, begin, end)
+    header = Header(TYPES[mtype], sender, table, clock, begin, end)
     accepted = senders(sender) if callable(senders) else sender in senders
     if not accepted:
         raise WireError(f"message from {who}: sender {sender} is not a member of this job")
