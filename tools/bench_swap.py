@@ -5,7 +5,8 @@
 For each net: the unlimited footprint (every table and all local data resident), the smallest budget
 the planner accepts (as a fraction of the footprint), then for each fraction the images/s relative
 to the unlimited run and the bytes moved per iteration, measured against the plan's prediction. A
-fraction below the smallest feasible budget is raised to it (and says so).
+fraction below GeePS's double-buffered minimum (2 x peak) runs at mm_warning_level 0 (one peak, no
+prefetch of the next op's data); one below even that minimum is raised to it (and says so).
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from geeps_net.ps.config import Config  # noqa: E402
 MIB = 2**20
 
 
-def measure(name, budget, args):
-    """(median s/iteration, stats) at `budget` bytes (0 = unlimited)."""
-    solver = make_solver(name, Config(gpu_memory_capacity=budget))
+def measure(name, budget, args, level=1):
+    """(median s/iteration, stats) at `budget` bytes (0 = unlimited), `level` mm_warning_level."""
+    solver = make_solver(name, Config(gpu_memory_capacity=budget, mm_warning_level=level))
     try:
         runs = [time_iterations(solver, args.iters, args.warmup) for _ in range(args.repeats)]
         return statistics.median(runs), solver.trainer.stats()
@@ -49,14 +50,18 @@ def main(argv=None) -> int:
     set_threads(args.threads)
     for name in args.nets:
         plan = unlimited_plan(name)
-        full, smallest = plan.total_bytes, plan.min_budget
-        print(f"{name}: footprint {full / MIB:.1f} MiB, smallest budget {smallest / MIB:.1f} MiB "
-              f"= {smallest / full:.2f} of it")  # fmt: skip
+        full, smallest, least = plan.total_bytes, plan.min_budget, plan.min_budget_at(0)
+        print(
+            f"{name}: footprint {full / MIB:.1f} MiB, smallest budget {smallest / MIB:.1f} MiB "
+            f"= {smallest / full:.2f} of it ({least / full:.2f} at mm_warning_level 0)"
+        )
         base, _ = measure(name, 0, args)
         for fraction in args.fractions:
-            budget = 0 if fraction >= 1 else max(int(fraction * full), smallest)
+            budget = 0 if fraction >= 1 else max(int(fraction * full), least)
+            level = 1 if not budget or budget >= smallest else 0
             note = "" if not budget or budget == int(fraction * full) else " (raised to smallest)"
-            seconds, s = measure(name, budget, args) if budget else (base, None)
+            note += " (mm_warning_level 0)" if level == 0 else ""
+            seconds, s = measure(name, budget, args, level) if budget else (base, None)
             line = f"  budget {fraction:.0%}{note}: throughput ratio {base / seconds:.2f}"
             if s is not None:
                 n = max(s["iterations"], 1)
