@@ -6,6 +6,7 @@ Layers receive `xp` explicitly; code that only holds an array asks `get_array_mo
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy
 
@@ -47,8 +48,9 @@ def array_module(gpu: int | None):
 
 def set_threads(n: int | None) -> None:
     """Limit every BLAS and OpenMP thread pool loaded in this process to `n` threads (None or
-    0: leave them as they are). Call it once at start-up, before the first iteration: the limit
-    holds process-wide until changed (threadpoolctl.threadpool_limits, not used as a context)."""
+    0: leave them as they are), and run layers' image chunks on `n` threads (split_work). Call
+    it once at start-up, before the first iteration: the limit holds process-wide until changed
+    (threadpoolctl.threadpool_limits, not used as a context)."""
     if not n:
         return
     if n < 0:
@@ -56,6 +58,53 @@ def set_threads(n: int | None) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=n)
+    if _chunk_threads.cache_info().currsize:  # made with the old count: replace it
+        pool = _chunk_threads().pool
+        if pool is not None:
+            pool.shutdown(wait=False)
+        _chunk_threads.cache_clear()
+
+
+class _ChunkThreads:
+    """`n` threads for split_work, and the BLAS control that makes each thread's GEMMs
+    single-threaded while they run (two threads each asking BLAS for two would oversubscribe)."""
+
+    def __init__(self, n: int) -> None:
+        from threadpoolctl import ThreadpoolController
+
+        self.n = n
+        self.blas = ThreadpoolController().select(user_api="blas")
+        self.pool = ThreadPoolExecutor(n, thread_name_prefix="geeps-chunks") if n > 1 else None
+
+
+@functools.cache
+def _chunk_threads() -> _ChunkThreads:
+    """As many chunk threads as BLAS has (its default, or what set_threads gave it). Made once
+    per process, like BLAS's own pool: making one per call costs more than a small layer."""
+    from threadpoolctl import threadpool_info
+
+    blas = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    return _ChunkThreads(max(blas, default=1))
+
+
+def split_work(xp, work, items: list) -> list:
+    """[work(part) for part in parts]: `items` cut into one contiguous part per CPU thread.
+
+    Convolution's NumPy copies (im2col, transposes) use one core while only its GEMMs use BLAS's
+    threads; running independent image chunks on their own threads, each with single-threaded
+    BLAS, keeps every core busy through the copies too (measured below in docs/benchmarks.md).
+    `work` must only write what its part owns; it returns a partial result (e.g. a weight
+    gradient over its images) for the caller to combine, and must not call split_work itself.
+    CuPy, one thread or one item: one part, in the caller's thread.
+    """
+    threads = _chunk_threads() if xp is numpy else None
+    if threads is None or threads.pool is None or len(items) < 2:
+        return [work(items)]
+    n = min(threads.n, len(items))
+    bounds = [len(items) * i // n for i in range(n + 1)]
+    parts = [items[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    with threads.blas.limit(limits=1):
+        return list(threads.pool.map(work, parts))
 
 
 def to_host(a) -> numpy.ndarray:

@@ -7,8 +7,10 @@ a batch of N images. Convolution weight (num_output, C/group, *kernel); Deconvol
 
 from __future__ import annotations
 
+import functools
 import math
 
+from geeps_net.backend import split_work
 from geeps_net.layer import Layer, register
 from geeps_net.layers.conv_cl import ChannelsLastColumns
 from geeps_net.layers.im2col import batch_chunks, col2im, conv_geometry, im2col, window_view
@@ -177,35 +179,50 @@ class ConvolutionLayer(ChannelsLastColumns, BaseConvolutionLayer):
         if self.channels_last:
             self._forward_cl(xp, bottoms, tops)
             return
-        g, out_count, w = self.geom, self.geom.out_count, self._weights()
+        g = self.geom
         for bottom, top in zip(bottoms, tops, strict=True):
             x = bottom.data.reshape((self.num, self.channels) + g.in_size)
-            y = top.data.reshape(self.num, self.num_output, out_count)
-            for n0, n1 in self._chunks(xp):
-                prod = xp.matmul(w, self._columns(xp, x[n0:n1]))  # (group, O/group, n·P)
-                y[n0:n1] = prod.reshape(self.num_output, n1 - n0, out_count).swapaxes(0, 1)
-            self._add_bias(y)
+            y = top.data.reshape(self.num, self.num_output, g.out_count)
+            split_work(xp, functools.partial(self._forward_chunks, xp, x, y), self._chunks(xp))
+
+    def _forward_chunks(self, xp, x, y, chunks) -> None:
+        """y[n0:n1] (n, O, P) for each chunk of images x (N, C, *in)."""
+        w, out_count = self._weights(), self.geom.out_count
+        for n0, n1 in chunks:
+            prod = xp.matmul(w, self._columns(xp, x[n0:n1]))  # (group, O/group, n·P)
+            y[n0:n1] = prod.reshape(self.num_output, n1 - n0, out_count).swapaxes(0, 1)
+            self._add_bias(y[n0:n1])  # while the chunk is in cache
 
     def backward(self, xp, tops, propagate_down, bottoms):
         if self.channels_last:
             self._backward_cl(xp, tops, propagate_down, bottoms)
             return
         g, w_diff = self.geom, self._weights("diff")
-        w_data = self._weights().swapaxes(1, 2)
-        if self.flip_geom is not None:
-            w_data = self._flipped_weights(xp)
         for top, down, bottom in zip(tops, propagate_down, bottoms, strict=True):
             x = bottom.data.reshape((self.num, self.channels) + g.in_size)
             dy = top.diff.reshape((self.num, self.num_output) + g.out_size)
+            dx = bottom.diff.reshape(x.shape) if down else None
             self._bias_diff(dy.reshape(self.num, self.num_output, -1))
-            for n0, n1 in self._chunks(xp):
-                n = n1 - n0
-                dy_t = xp.ascontiguousarray(dy[n0:n1].swapaxes(0, 1))
-                dy_t = dy_t.reshape(self.group, -1, n * g.out_count)  # (group, O/group, n·P)
-                w_diff += xp.matmul(dy_t, self._columns(xp, x[n0:n1]).swapaxes(1, 2))
-                if down:
-                    dx = bottom.diff.reshape(x.shape)[n0:n1]
-                    self._data_diff(xp, w_data, dy[n0:n1], dy_t, dx)
+            work = functools.partial(self._backward_chunks, xp, x, dy, dx)
+            for part in split_work(xp, work, self._chunks(xp)):
+                w_diff += part
+
+    def _backward_chunks(self, xp, x, dy, dx, chunks):
+        """The weight gradient over these chunks of images (returned); dx[n0:n1] when dx is not
+        None. x (N, C, *in), dy (N, O, *out)."""
+        g, w_diff = self.geom, None
+        w_data = self._weights().swapaxes(1, 2)
+        if self.flip_geom is not None:
+            w_data = self._flipped_weights(xp)
+        for n0, n1 in chunks:
+            n = n1 - n0
+            dy_t = xp.ascontiguousarray(dy[n0:n1].swapaxes(0, 1))
+            dy_t = dy_t.reshape(self.group, -1, n * g.out_count)  # (group, O/group, n·P)
+            part = xp.matmul(dy_t, self._columns(xp, x[n0:n1]).swapaxes(1, 2))
+            w_diff = part if w_diff is None else xp.add(w_diff, part, out=w_diff)
+            if dx is not None:
+                self._data_diff(xp, w_data, dy[n0:n1], dy_t, dx[n0:n1])
+        return w_diff
 
     def _flipped_weights(self, xp):
         """(group, C/group, O/group · K): the kernel reversed, in and out channels swapped."""

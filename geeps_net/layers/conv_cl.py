@@ -10,6 +10,9 @@ layer on LeNet's conv2 and CIFAR-10's conv2/conv3 (the copies, not the GEMMs, we
 
 from __future__ import annotations
 
+import functools
+
+from geeps_net.backend import split_work
 from geeps_net.layers.im2col import channels_last_padded, col2im_cl, im2col_cl
 
 
@@ -42,10 +45,15 @@ class ChannelsLastColumns:
         for bottom, top in zip(bottoms, tops, strict=True):
             x = bottom.data.reshape((self.num, self.channels) + g.in_size)
             y = top.data.reshape(self.num, self.num_output, g.out_count)
-            for n0, n1 in self._chunks(xp):
-                col = self._columns_cl(xp, x[n0:n1], g)
-                self._to_channels_first(xp.matmul(col.swapaxes(0, 1), w), y[n0:n1])
-            self._add_bias(y)
+            work = functools.partial(self._forward_cl_chunks, xp, w, x, y)
+            split_work(xp, work, self._chunks(xp))
+
+    def _forward_cl_chunks(self, xp, w, x, y, chunks) -> None:
+        """y[n0:n1] (n, O, P) for each chunk of images x (N, C, *in); w from _weights_cl."""
+        for n0, n1 in chunks:
+            col = self._columns_cl(xp, x[n0:n1], self.geom)
+            self._to_channels_first(xp.matmul(col.swapaxes(0, 1), w), y[n0:n1])
+            self._add_bias(y[n0:n1])  # while the chunk is in cache
 
     def _backward_cl(self, xp, tops, propagate_down, bottoms):
         g, o, w = self.geom, self.num_output, self._weights_cl(xp)
@@ -53,35 +61,51 @@ class ChannelsLastColumns:
         for top, down, bottom in zip(tops, propagate_down, bottoms, strict=True):
             x = bottom.data.reshape((self.num, self.channels) + g.in_size)
             dy = top.diff.reshape(self.num, o, g.out_count)
+            dx = bottom.diff.reshape(x.shape) if down else None
             self._bias_diff(dy)
-            for n0, n1 in self._chunks(xp):
-                n = n1 - n0
-                dy_cl = xp.ascontiguousarray(dy[n0:n1].swapaxes(1, 2))
-                dy_cl = dy_cl.reshape(n * g.out_count, self.group, -1).swapaxes(0, 1)
-                col = self._columns_cl(xp, x[n0:n1], g)  # (n·P, G, K·C/G)
-                w_diff += xp.matmul(col.transpose(1, 2, 0), dy_cl)
-                if down:
-                    dx = bottom.diff.reshape(x.shape)[n0:n1]
-                    self._data_diff_cl(xp, w, dy[n0:n1], dy_cl, dx)
+            work = functools.partial(self._backward_cl_chunks, xp, w, x, dy, dx)
+            for part in split_work(xp, work, self._chunks(xp)):
+                w_diff += part
         w_diff = w_diff.reshape((self.group,) + g.kernel + (self.channels // self.group, -1))
         diff = self.blobs[0].diff
         diff.reshape((self.group, -1) + diff.shape[1:])[...] += xp.moveaxis(
             w_diff, (-1, -2), (1, 2)
         )
 
-    def _data_diff_cl(self, xp, w, dy, dy_cl, dx) -> None:
+    def _backward_cl_chunks(self, xp, w, x, dy, dx, chunks):
+        """The weight gradient (G, K·C/G, O/G) over these chunks of images (returned); dx[n0:n1]
+        when dx is not None. x (N, C, *in), dy (N, O, P)."""
+        w_diff, out_count = None, self.geom.out_count
+        w_back = self._flipped_weights_cl(xp) if self.flip_geom is not None else w.swapaxes(1, 2)
+        for n0, n1 in chunks:
+            n = n1 - n0
+            dy_cl = xp.ascontiguousarray(dy[n0:n1].swapaxes(1, 2))
+            dy_cl = dy_cl.reshape(n * out_count, self.group, -1).swapaxes(0, 1)
+            col = self._columns_cl(xp, x[n0:n1], self.geom)  # (n·P, G, K·C/G)
+            part = xp.matmul(col.transpose(1, 2, 0), dy_cl)
+            w_diff = part if w_diff is None else xp.add(w_diff, part, out=w_diff)
+            if dx is not None:
+                self._data_diff_cl(xp, w_back, dy[n0:n1], dy_cl, dx[n0:n1])
+        return w_diff
+
+    def _flipped_weights_cl(self, xp):
+        """(G, K·O/G, C/G): the kernel reversed, rows in (kernel, out channel) order: a copy."""
+        w = self.blobs[0].data
+        w = xp.flip(w, tuple(range(2, w.ndim)))
+        w = w.reshape((self.group, -1) + w.shape[1:])  # (G, O/G, C/G, *kernel)
+        w = xp.ascontiguousarray(xp.moveaxis(w, (1, 2), (-2, -1)))  # (G, *kernel, O/G, C/G)
+        return w.reshape(self.group, -1, self.channels // self.group)
+
+    def _data_diff_cl(self, xp, w_back, dy, dy_cl, dx) -> None:
         """dx (n, C, *in) from dy (n, O, P) (dy_cl: (G, n·P, O/G)). Stride 1: the flipped-kernel
-        convolution of dy, in channels-last columns; else col2im of dy·Wᵀ."""
+        convolution of dy (w_back from _flipped_weights_cl), in channels-last columns; else
+        col2im of dy·Wᵀ (w_back: the weights (G, O/G, K·C/G))."""
         n, g, fg = dx.shape[0], self.geom, self.flip_geom
         if fg is None:
-            dcol = xp.matmul(dy_cl, w.swapaxes(1, 2)).swapaxes(0, 1)  # (n·P, G, K·C/G)
+            dcol = xp.matmul(dy_cl, w_back).swapaxes(0, 1)  # (n·P, G, K·C/G)
             dcol = dcol.reshape((n,) + g.out_size + (self.group,) + g.kernel + (-1,))
             col2im_cl(xp, dcol, g, dx)
             return
         col = self._columns_cl(xp, dy.reshape((n, self.num_output) + g.out_size), fg)
-        w_flip = self.blobs[0].data
-        w_flip = xp.flip(w_flip, tuple(range(2, w_flip.ndim)))  # the kernel reversed
-        w_flip = w_flip.reshape((self.group, -1) + w_flip.shape[1:])  # (G, O/G, C/G, *kernel)
-        w_flip = xp.ascontiguousarray(xp.moveaxis(w_flip, (1, 2), (-2, -1)))
-        prod = xp.matmul(col.swapaxes(0, 1), w_flip.reshape(self.group, col.shape[-1], -1))
+        prod = xp.matmul(col.swapaxes(0, 1), w_back)
         self._to_channels_first(prod, dx.reshape(n, self.channels, -1))

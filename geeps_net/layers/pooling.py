@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy
 
+from geeps_net.backend import split_work
 from geeps_net.layer import Layer, enum_name, register
 from geeps_net.layers.im2col import window_range
 from geeps_net.proto import caffe_pb2
@@ -86,8 +87,9 @@ def _blocks(num: int, channels: int, plane: int, budget: int):
 def _blockwise(kernel):
     """Run a pooling kernel block by block over images and channels: every array argument is
     (N, C, ...) and windows never cross planes. On the CPU, blocks of CPU_POOL_BLOCK elements of
-    the largest array keep the working set in cache (measured 2x faster on large inputs); a GPU
-    takes the whole batch at once."""
+    the largest array keep the working set in cache (measured 2x faster on large inputs), and
+    run on the CPU threads (split_work: blocks write disjoint outputs); a GPU takes the whole
+    batch at once."""
 
     @functools.wraps(kernel)
     def run(xp, *args, **kwargs):
@@ -97,8 +99,12 @@ def _blockwise(kernel):
             return kernel(xp, *args, **kwargs)
         num, channels = largest.shape[:2]
         plane = max(largest.size // (num * channels), 1)
-        for block in _blocks(num, channels, plane, CPU_POOL_BLOCK):
-            kernel(xp, *(a[block] if i in arrays else a for i, a in enumerate(args)), **kwargs)
+
+        def run_blocks(blocks):
+            for block in blocks:
+                kernel(xp, *(a[block] if i in arrays else a for i, a in enumerate(args)), **kwargs)
+
+        split_work(xp, run_blocks, _blocks(num, channels, plane, CPU_POOL_BLOCK))
 
     return run
 

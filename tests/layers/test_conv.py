@@ -4,6 +4,7 @@ import numpy
 import pytest
 from numpy.testing import assert_allclose
 
+import geeps_net.backend as backend
 import geeps_net.layers.conv as conv_module
 import geeps_net.layers.im2col as im2col_module
 from geeps_net.backend import to_host
@@ -211,6 +212,27 @@ def test_convolution_in_chunks(xp, monkeypatch, layout):
     for one, chunked in zip(*results, strict=True):
         for a, b in zip(one, chunked, strict=True):
             assert_allclose(a, b, atol=1e-12)
+
+
+@pytest.mark.parametrize("extra", ["stride: 2 pad: 1", "pad: 1", "pad: 1 group: 2"])
+def test_convolution_on_threads(xp, monkeypatch, layout, extra):
+    """Chunks of images split over two threads (backend.split_work) give the numbers of one."""
+    text = f"num_output: 4 kernel_size: 3 {extra}"
+    text = f'type: "Convolution" convolution_param {{ {text} }}'
+    rng = numpy.random.default_rng(6)
+    x, params = rng.standard_normal((5, 2, 5, 5)), _params(rng, (4, 2, 3, 3), True, 4)
+    if "group" in extra:
+        params[0] = params[0][:, :1]
+    monkeypatch.setattr(im2col_module, "CPU_COL_BUDGET", 200)  # one or two images per chunk
+    results = []
+    for threads in (1, 2):
+        monkeypatch.setattr(backend, "_chunk_threads", lambda n=threads: backend._ChunkThreads(n))
+        rig = LayerRig(xp, make_layer(text), [x], params=params)
+        y = rig.forward()
+        results.append((y, rig.backward([numpy.cos(y[0])]), rig.param_diffs()))
+    for one, two in zip(*results, strict=True):
+        for a, b in zip(one, two, strict=True):
+            assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_convolution_default_fillers_and_backward_reads(xp):
