@@ -85,6 +85,21 @@ def _ps_config(args):
     return config.overrides(source=f"flags {flags}", **given) if given else config
 
 
+def _threads_flag(p) -> None:
+    flag(p, "threads", type=_positive, default=None, help="BLAS threads (default: the library's)")
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the flag when this raises)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
+
+
 # -- train ----------------------------------------------------------------------------------------
 
 
@@ -98,6 +113,7 @@ def _train_flags(p) -> None:
     flag(p, "workers", type=int, default=1, help="worker processes (each also a server shard)")
     flag(p, "machinefile", default="", help="one host per line (worker i on line i)")
     flag(p, "worker_id", type=int, default=None, help="this process's worker id (from 0)")
+    _threads_flag(p)
     _ps_flags(p)
 
 
@@ -120,6 +136,7 @@ def train(args) -> int:
     if role is distributed.cluster.LAUNCH:
         return distributed.launch(args, config)
     xp = array_module(_gpu(args))
+    set_threads(args.threads)
     if role is not None:
         return distributed.run_worker(
             args, role, config, xp, lambda factory, **kw: _solve(args, xp, factory, **kw)
@@ -223,7 +240,7 @@ def _test_flags(p) -> None:
     flag(p, "level", type=int, default=0)
     flag(p, "stage", default="", help="comma-separated NetState stages")
     flag(p, "gpu", default=None)
-    flag(p, "threads", type=int, default=None, help="BLAS threads (default: the library's)")
+    _threads_flag(p)
     _ps_flags(p)
 
 
@@ -307,7 +324,7 @@ def _time_flags(p) -> None:
     flag(p, "iterations", type=int, default=50)
     flag(p, "phase", default="TRAIN", choices=["TRAIN", "TEST"])
     flag(p, "gpu", default=None)
-    flag(p, "threads", type=int, default=None, help="BLAS threads (default: the library's)")
+    _threads_flag(p)
     _ps_flags(p)
 
 
