@@ -64,7 +64,8 @@ class ServerEndpoint(Endpoint):
             if not self.options.allow_insecure:
                 raise PsError(
                     f"{self.name}: binding {url} without CURVE keys lets anyone on the network "
-                    "write parameters; give key files, or allow an insecure bind explicitly"
+                    "write parameters; give CURVE key files (geeps-net keygen), or -bind "
+                    "ADDRESS to accept unauthenticated peers anyway"
                 )
             log.warning("%s: %s is reachable from the network without CURVE keys", self.name, url)
 

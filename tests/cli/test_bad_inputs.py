@@ -75,6 +75,14 @@ def test_ps_flags_name_themselves(cli):
     assert "-slack -1" in line and "slack: must be an integer >= 0" in line
 
 
+def test_remote_hosts_without_keys_need_an_explicit_bind(cli, tmp_path):
+    """A machine file of other hosts binds beyond loopback: without CURVE keys that takes -bind."""
+    (tmp_path / "hosts").write_text("10.255.255.1\n10.255.255.2\n")
+    solver = GOOD / "tiny_solver.prototxt"
+    line = cli("train", "-solver", solver, "-machinefile", "hosts", "-worker_id", "0")
+    assert "binding tcp://0.0.0.0:" in line and "without CURVE keys" in line and "-bind" in line
+
+
 def test_snapshot_prefix_under_a_file(cli, tmp_path):
     """Caught before training, not at the first snapshot: snapshot_prefix inside a file."""
     (tmp_path / "notes.txt").write_text("not a folder\n")
