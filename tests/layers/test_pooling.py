@@ -4,6 +4,7 @@ import numpy
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
+import geeps_net.backend as backend
 import geeps_net.layers.pooling as pooling_module
 from geeps_net.errors import LayerError
 from geeps_net.layers.pooling import (
@@ -147,6 +148,26 @@ def test_max_pooling_ties_and_empty_windows(xp):
     assert dx.sum() == 4
 
 
+def test_max_pooling_overlapping_empty_windows(xp):
+    """Overlapping windows (3x3, stride 2) of -inf only keep mask -1 and pass no gradient; the
+    others still route theirs, adding where windows share their argmax."""
+    text = 'type: "Pooling" top: "y" top: "m" pooling_param { kernel_size: 3 stride: 2 }'
+    x = numpy.full((1, 1, 5, 5), -numpy.inf)
+    x[0, 0, 2, 2] = 1.0  # the shared corner of all four windows
+    x[0, 0, 4, 4] = -numpy.inf
+    rig = LayerRig(xp, make_layer(text), [x])
+    y, mask = rig.forward()
+    assert_array_equal(mask, numpy.full((1, 1, 2, 2), 12))  # Caffe's mask top: h·W + w
+    (dx,) = rig.backward([numpy.array([[[[1.0, 2.0], [4.0, 8.0]]]]), numpy.zeros(y.shape)])
+    assert dx[0, 0, 2, 2] == 15.0 and dx.sum() == 15.0
+    x[0, 0, 2, 2] = -numpy.inf  # now no window has a winner
+    rig = LayerRig(xp, make_layer(text), [x])
+    y, mask = rig.forward()
+    assert (mask == -1).all() and (y == -FLT_MAX).all()
+    (dx,) = rig.backward([numpy.ones(y.shape), numpy.zeros(y.shape)])
+    assert not dx.any()
+
+
 def test_ave_pooling_counts_padding(xp):
     """AVE divides by the window clipped to the padded input, so padding counts as zeros."""
     text = 'type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 1 pad: 1 }'
@@ -183,11 +204,14 @@ def test_pool_backward_accumulates(kernel, stride):
         'type: "SPP" spp_param { pyramid_height: 2 }',
     ],
 )
-def test_pooling_in_blocks(xp, monkeypatch, text, block):
-    """On the CPU, large inputs are pooled block by block over images and channels: same numbers."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pooling_in_blocks(xp, monkeypatch, text, block, threads):
+    """On the CPU, large inputs are pooled block by block over images and channels, the blocks
+    split over the CPU threads (backend.split_work): same numbers."""
     x = separated((3, 5, 5, 5), seed=5)
     rng = numpy.random.default_rng(6)
     results = []
+    monkeypatch.setattr(backend, "_chunk_threads", lambda: backend._ChunkThreads(threads))
     for size in (1 << 18, block):
         monkeypatch.setattr(pooling_module, "CPU_POOL_BLOCK", size)
         rig = LayerRig(xp, make_layer(text), [x])
