@@ -6,6 +6,8 @@ Layers receive `xp` explicitly; code that only holds an array asks `get_array_mo
 from __future__ import annotations
 
 import functools
+import threading
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy
@@ -66,15 +68,16 @@ def set_threads(n: int | None) -> None:
 
 
 class _ChunkThreads:
-    """`n` threads for split_work, and the BLAS control that makes each thread's GEMMs
-    single-threaded while they run (two threads each asking BLAS for two would oversubscribe)."""
+    """`n` threads for split_work (the caller and n − 1 helpers), and the BLAS control that makes
+    each thread's GEMMs single-threaded while they run (two threads each asking BLAS for two
+    would oversubscribe the cores)."""
 
     def __init__(self, n: int) -> None:
         from threadpoolctl import ThreadpoolController
 
         self.n = n
         self.blas = ThreadpoolController().select(user_api="blas")
-        self.pool = ThreadPoolExecutor(n, thread_name_prefix="geeps-chunks") if n > 1 else None
+        self.pool = ThreadPoolExecutor(n - 1, thread_name_prefix="geeps-chunks") if n > 1 else None
 
 
 @functools.cache
@@ -87,24 +90,44 @@ def _chunk_threads() -> _ChunkThreads:
     return _ChunkThreads(max(blas, default=1))
 
 
+class _SharedItems:
+    """An iterator several threads draw from: each item goes to exactly one of them."""
+
+    def __init__(self, items) -> None:
+        self._items, self._lock = iter(items), threading.Lock()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        with self._lock:
+            return next(self._items)
+
+
 def split_work(xp, work, items: list) -> list:
-    """[work(part) for part in parts]: `items` cut into one contiguous part per CPU thread.
+    """Run work(part) on every CPU thread at once, each part an iterator drawing from `items`;
+    returns the threads' results, leaving out None (a thread that drew no item).
 
     Convolution's NumPy copies (im2col, transposes) use one core while only its GEMMs use BLAS's
     threads; running independent image chunks on their own threads, each with single-threaded
-    BLAS, keeps every core busy through the copies too (measured below in docs/benchmarks.md).
-    `work` must only write what its part owns; it returns a partial result (e.g. a weight
+    BLAS, keeps every core busy through the copies too. Threads draw the next item when done
+    with one, so a core slowed by another process takes fewer items instead of holding up the
+    rest. `work` must only write what its items own, returns a partial result (e.g. a weight
     gradient over its images) for the caller to combine, and must not call split_work itself.
-    CuPy, one thread or one item: one part, in the caller's thread.
+    CuPy, one thread or one item: one part holding every item, in the caller's thread.
     """
     threads = _chunk_threads() if xp is numpy else None
     if threads is None or threads.pool is None or len(items) < 2:
         return [work(items)]
-    n = min(threads.n, len(items))
-    bounds = [len(items) * i // n for i in range(n + 1)]
-    parts = [items[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    shared = _SharedItems(items)
     with threads.blas.limit(limits=1):
-        return list(threads.pool.map(work, parts))
+        helpers = [threads.pool.submit(work, shared) for _ in range(min(threads.n, len(items)) - 1)]
+        try:
+            mine = work(shared)  # the caller works too, instead of waiting
+        finally:  # never leave helpers writing into arrays after the caller has returned
+            futures.wait(helpers)
+    results = [mine] + [h.result() for h in helpers]
+    return [r for r in results if r is not None]  # None: a thread that drew no item
 
 
 def to_host(a) -> numpy.ndarray:
@@ -114,27 +137,60 @@ def to_host(a) -> numpy.ndarray:
     return numpy.asarray(a)
 
 
-# Elements of the scratch block of matmul_add on the CPU (2 MiB in float32): small enough to come
-# from malloc's heap and stay in cache, large enough for the GEMM to run at speed.
+# Elements of one block of matmul/matmul_add's output on the CPU (2 MiB in float32): small enough
+# to come from malloc's heap and stay in cache, large enough for the GEMM to run at speed.
 ACCUMULATE_BLOCK = 1 << 19
+# GEMMs below this many multiply-adds (M·N·K) run whole in the caller: OpenBLAS keeps them on one
+# thread too (its SMP threshold), and splitting would cost more than it saves. Larger ones go by
+# blocks through split_work: a multi-threaded OpenBLAS call leaves its workers spinning for a
+# while afterwards, stealing the cores from the next layer's chunk threads (measured: CIFAR-10
+# quick's conv3 backward no faster on two threads than one, right after ip1's GEMMs).
+SPLIT_GEMM_MIN = 1 << 18
+
+
+def matmul(xp, a, b, out) -> None:
+    """out (M, N) = a (M, K) @ b (K, N) on the CPU threads, by blocks of out's longer axis."""
+    _blocked_matmul(xp, a, b, out, accumulate=False)
 
 
 def matmul_add(xp, a, b, out) -> None:
     """out (M, N) += a (M, K) @ b (K, N), as Caffe's gemm with beta = 1 (gradient accumulation).
 
-    On the CPU it goes by blocks of rows through a small scratch buffer: a whole (M, N) temporary
-    is fresh memory every call (page faults), then a second pass over `out`; for AlexNet's fc6
+    On the CPU it goes by blocks through a small scratch buffer: a whole (M, N) temporary is
+    fresh memory every call (page faults), then a second pass over `out`; for AlexNet's fc6
     weight gradient (37.7 M elements) the blocks are about 5x faster. A GPU takes it whole.
     """
-    if xp is not numpy or out.size <= ACCUMULATE_BLOCK:
-        out += xp.matmul(a, b)
+    _blocked_matmul(xp, a, b, out, accumulate=True)
+
+
+def _blocked_matmul(xp, a, b, out, accumulate: bool) -> None:
+    (m, n), k = out.shape, a.shape[1]
+    small = m * n * k < SPLIT_GEMM_MIN
+    if xp is not numpy or small or (not accumulate and _chunk_threads().pool is None):
+        if accumulate:
+            out += xp.matmul(a, b)
+        else:
+            xp.matmul(a, b, out=out)
         return
-    rows = max(1, ACCUMULATE_BLOCK // out.shape[1])
-    scratch = numpy.empty((rows, out.shape[1]), dtype=out.dtype)
-    for r in range(0, out.shape[0], rows):
-        part = scratch[: min(rows, out.shape[0] - r)]
-        numpy.matmul(a[r : r + rows], b, out=part)
-        out[r : r + rows] += part
+    # Blocks of rows, or of columns when out is wide (AlexNet's fc6: 16 x 4096): then each thread
+    # reads only its columns of b, the weights, instead of all of them.
+    by_rows = m >= n
+    length, width = (m, n) if by_rows else (n, m)
+    step = max(1, min(ACCUMULATE_BLOCK // width, -(-length // 4)))  # >= 4 blocks to share out
+    blocks = [slice(i, i + step) for i in range(0, length, step)]
+
+    def run(parts) -> None:
+        scratch = numpy.empty(step * width, dtype=out.dtype) if accumulate else None
+        for s in parts:
+            a_s, b_s, out_s = (a[s], b, out[s]) if by_rows else (a, b[:, s], out[:, s])
+            if not accumulate:
+                numpy.matmul(a_s, b_s, out=out_s)
+                continue
+            part = scratch[: out_s.size].reshape(out_s.shape)
+            numpy.matmul(a_s, b_s, out=part)
+            out_s += part
+
+    split_work(numpy, run, blocks)
 
 
 def scatter_add(xp, target, indices, values) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from geeps_net.backend import matmul_add, scatter_add
+from geeps_net.backend import matmul, matmul_add, scatter_add
 from geeps_net.layer import Layer, register
 
 
@@ -52,7 +52,7 @@ class InnerProductLayer(Layer):
     def forward(self, xp, bottoms, tops):
         x = bottoms[0].data.reshape(self.m, self.k)
         y = tops[0].data.reshape(self.m, self.num_output)
-        xp.matmul(x, self._weight_t(), out=y)
+        matmul(xp, x, self._weight_t(), y)
         if self.bias_term:
             y += self.blobs[1].data
 
@@ -66,7 +66,7 @@ class InnerProductLayer(Layer):
         if self.bias_term:
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:
-            xp.matmul(dy, self._weight_t().T, out=bottoms[0].diff.reshape(self.m, self.k))
+            matmul(xp, dy, self._weight_t().T, bottoms[0].diff.reshape(self.m, self.k))
 
 
 @register("Embed")

@@ -2,6 +2,7 @@ import numpy
 import pytest
 from numpy.testing import assert_allclose
 
+import geeps_net.backend as backend
 from geeps_net.backend import to_host
 from geeps_net.errors import LayerError
 from geeps_net.testing import (
@@ -57,6 +58,32 @@ def test_inner_product_shapes_fillers_and_accumulation(xp):
         rig.reshape()
     with pytest.raises(LayerError, match="num_output"):
         LayerRig(xp, make_layer('type: "InnerProduct"'), [numpy.ones((3, 4))])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape, num_output", [((90, 50), 60), ((4, 300), 500)])  # tall, wide
+def test_inner_product_blocked_gemms(monkeypatch, threads, shape, num_output):
+    """GEMMs of at least SPLIT_GEMM_MIN multiply-adds go by blocks of rows (a tall top) or of
+    columns (a wide one) over the CPU threads: the numbers of one whole GEMM."""
+    monkeypatch.setattr(backend, "_chunk_threads", lambda: backend._ChunkThreads(threads))
+    monkeypatch.setattr(backend, "ACCUMULATE_BLOCK", 1000)  # several blocks per GEMM
+    rng = numpy.random.default_rng(3)
+    x, dy = rng.standard_normal(shape), rng.standard_normal((shape[0], num_output))
+    w, b = rng.standard_normal((num_output, shape[1])), rng.standard_normal(num_output)
+    assert shape[0] * shape[1] * num_output >= backend.SPLIT_GEMM_MIN
+    for transpose in (False, True):
+        text = f"num_output: {num_output} transpose: {str(transpose).lower()}"
+        layer = make_layer(f'type: "InnerProduct" inner_product_param {{ {text} }}')
+        rig = LayerRig(numpy, layer, [x], params=[w.T if transpose else w, b])
+        assert_allclose(rig.forward()[0], x @ w.T + b, rtol=1e-12, atol=1e-12)
+        rig.layer.blobs[0].diff[...] = 1.0  # the weight gradient adds to what is there
+        layer.backward(numpy, rig.tops, [True], rig.bottoms)
+        rig.tops[0].diff[...] = dy
+        rig.layer.blobs[0].diff[...] = 1.0
+        layer.backward(numpy, rig.tops, [True], rig.bottoms)
+        w_diff = dy.T @ x
+        assert_allclose(rig.layer.blobs[0].diff, 1.0 + (w_diff.T if transpose else w_diff))
+        assert_allclose(rig.bottoms[0].diff, dy @ w, rtol=1e-12, atol=1e-12)
 
 
 def test_embed(xp):
