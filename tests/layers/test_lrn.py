@@ -2,6 +2,7 @@ import numpy
 import pytest
 from numpy.testing import assert_allclose
 
+import geeps_net.backend as backend
 import geeps_net.layers.lrn as lrn_module
 from geeps_net.errors import LayerError
 from geeps_net.testing import (
@@ -62,12 +63,15 @@ def test_lrn(xp, name):
     check_backward_reads(xp, make_layer(layer_text), [x])
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("name", ["across_3_k2", "within_3"])
-def test_lrn_in_blocks(xp, monkeypatch, name):
-    """On the CPU, large batches are normalized a few images at a time: same numbers."""
+def test_lrn_in_blocks(xp, monkeypatch, name, threads):
+    """On the CPU, large batches are normalized a few images at a time, the blocks split over the
+    CPU threads (backend.split_work): same numbers."""
     layer_text = f'type: "LRN" lrn_param {{ {CASES[name][0]} }}'
     x = numpy.random.default_rng(1).standard_normal((3, 4, 3, 2))
     dy = numpy.random.default_rng(2).standard_normal(x.shape)
+    monkeypatch.setattr(backend, "_chunk_threads", lambda: backend._ChunkThreads(threads))
     results = []
     for block in (1 << 18, 1):
         monkeypatch.setattr(lrn_module, "CPU_BLOCK", block)
