@@ -5,6 +5,7 @@ Layers receive `xp` explicitly; code that only holds an array asks `get_array_mo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from concurrent import futures
@@ -76,8 +77,26 @@ class _ChunkThreads:
         from threadpoolctl import ThreadpoolController
 
         self.n = n
-        self.blas = ThreadpoolController().select(user_api="blas")
         self.pool = ThreadPoolExecutor(n - 1, thread_name_prefix="geeps-chunks") if n > 1 else None
+        self._blas = ThreadpoolController().select(user_api="blas")
+        self._lock, self._active, self._limiter = threading.Lock(), 0, None
+
+    @contextlib.contextmanager
+    def single_threaded_blas(self):
+        """BLAS on one thread until the last of overlapping callers (several Nets in one
+        process) leaves; then its own limit again (nested limit contexts would restore out of
+        order and could leave it at one)."""
+        with self._lock:
+            self._active += 1
+            if self._active == 1:
+                self._limiter = self._blas.limit(limits=1)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+                if self._active == 0:
+                    self._limiter.restore_original_limits()
 
 
 @functools.cache
@@ -120,7 +139,7 @@ def split_work(xp, work, items: list) -> list:
     if threads is None or threads.pool is None or len(items) < 2:
         return [work(items)]
     shared = _SharedItems(items)
-    with threads.blas.limit(limits=1):
+    with threads.single_threaded_blas():
         helpers = [threads.pool.submit(work, shared) for _ in range(min(threads.n, len(items)) - 1)]
         try:
             mine = work(shared)  # the caller works too, instead of waiting

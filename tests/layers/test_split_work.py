@@ -1,0 +1,67 @@
+"""backend.split_work, the CPU threads that layers' chunks of images run on."""
+
+import threading
+import time
+
+import numpy
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import geeps_net.backend as backend
+
+
+def _blas_threads() -> list[int]:
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    threads = backend._ChunkThreads(2)
+    monkeypatch.setattr(backend, "_chunk_threads", lambda: threads)
+    yield threads
+    threads.pool.shutdown()
+
+
+def test_every_item_goes_to_one_thread(two_threads):
+    seen, lock = [], threading.Lock()
+
+    def work(items):
+        mine = list(items)
+        with lock:
+            seen.extend(mine)
+        return sum(mine) if mine else None
+
+    partial = backend.split_work(numpy, work, list(range(100)))
+    assert sorted(seen) == list(range(100))
+    assert sum(partial) == sum(range(100)) and 1 <= len(partial) <= 2
+
+
+def test_blas_limit_holds_until_the_last_overlapping_caller_leaves(two_threads):
+    """Two split_work calls at once (two Nets in one process): BLAS stays on one thread until
+    both leave, then gets back the count it had, whatever order they leave in (nested limit
+    contexts would restore two while one caller still runs, then one for good)."""
+    with threadpool_limits(limits=2, user_api="blas"):
+        first, second = two_threads.single_threaded_blas(), two_threads.single_threaded_blas()
+        first.__enter__()
+        second.__enter__()
+        assert set(_blas_threads()) == {1}
+        first.__exit__(None, None, None)
+        assert set(_blas_threads()) == {1}
+        second.__exit__(None, None, None)
+        assert set(_blas_threads()) == {2}
+
+
+def test_an_error_waits_for_the_helpers(two_threads):
+    """A failing chunk raises in the caller, and only after every helper has stopped writing."""
+    finished = []
+
+    def work(items):
+        for _ in items:
+            if threading.current_thread() is threading.main_thread():
+                raise ValueError("a chunk failed")
+            time.sleep(0.001)  # the helper is still busy when the caller fails
+        finished.append(threading.current_thread().name)
+
+    with pytest.raises(ValueError, match="a chunk failed"):
+        backend.split_work(numpy, work, list(range(50)))
+    assert len(finished) == 1  # the helper drew the remaining items and was waited for
