@@ -18,7 +18,7 @@ from geeps_net.layers.im2col import channels_last_padded, col2im_cl, im2col_cl
 
 class ChannelsLastColumns:
     """Forward and backward of a Convolution layer in channels-last columns (a mixin: it uses the
-    layer's geom, flip_geom, group, channels, num_output, blobs, _chunks, _add_bias, _bias_diff).
+    layer's geom, flip_geom, group, channels, num_output, blobs, bias_term, _chunks, _bias_diff).
     """
 
     def _weights_cl(self, xp):
@@ -33,12 +33,16 @@ class ChannelsLastColumns:
         col = im2col_cl(xp, channels_last_padded(xp, x, geom), geom, self.group)
         return col.reshape(x.shape[0] * geom.out_count, self.group, -1)
 
-    def _to_channels_first(self, prod, out) -> None:
-        """out (n, G·F, P) = prod (G, n·P, F), the group-major product of a column GEMM."""
-        n, g = out.shape[0], self.group
-        out.reshape(n, g, -1, out.shape[-1])[...] = prod.reshape(g, n, out.shape[-1], -1).transpose(
-            1, 0, 3, 2
-        )
+    def _to_channels_first(self, xp, prod, out, bias=None) -> None:
+        """out (n, G·F, P) = prod (G, n·P, F), the group-major product of a column GEMM, plus
+        `bias` (G·F) when given: in the same pass, not a second one over out."""
+        n, count = out.shape[0], out.shape[-1]
+        src = prod.reshape(self.group, n, count, -1).transpose(1, 0, 3, 2)  # (n, G, F, P)
+        dst = out.reshape(n, self.group, -1, count)
+        if bias is None:
+            dst[...] = src
+        else:
+            xp.add(src, bias.reshape(self.group, -1, 1), out=dst)
 
     def _forward_cl(self, xp, bottoms, tops):
         g, w = self.geom, self._weights_cl(xp)
@@ -52,8 +56,8 @@ class ChannelsLastColumns:
         """y[n0:n1] (n, O, P) for each chunk of images x (N, C, *in); w from _weights_cl."""
         for n0, n1 in chunks:
             col = self._columns_cl(xp, x[n0:n1], self.geom)
-            self._to_channels_first(xp.matmul(col.swapaxes(0, 1), w), y[n0:n1])
-            self._add_bias(y[n0:n1])  # while the chunk is in cache
+            bias = self.blobs[1].data if self.bias_term else None
+            self._to_channels_first(xp, xp.matmul(col.swapaxes(0, 1), w), y[n0:n1], bias)
 
     def _backward_cl(self, xp, tops, propagate_down, bottoms):
         g, o, w = self.geom, self.num_output, self._weights_cl(xp)
@@ -108,4 +112,4 @@ class ChannelsLastColumns:
             return
         col = self._columns_cl(xp, dy.reshape((n, self.num_output) + g.out_size), fg)
         prod = xp.matmul(col.swapaxes(0, 1), w_back)
-        self._to_channels_first(prod, dx.reshape(n, self.channels, -1))
+        self._to_channels_first(xp, prod, dx.reshape(n, self.channels, -1))
