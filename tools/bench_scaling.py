@@ -9,7 +9,9 @@ images (tools/bench_train.py's nets and batches, per worker) through the PS: one
 in-process shard, N workers each hosting a shard (geeps_net/distributed.py's layout: its own
 shard over inproc://, the others' over TCP loopback), BSP, update rule AVERAGE. Throughput = all
 images of the timed iterations / the slowest worker's time; the median of --repeats runs is
-printed, then `scaling <net> <N> workers = X.XXx` against 1 worker.
+printed with the CPU time per iteration of a worker's main thread and of its other threads (PS
+communication, shard server, reclaimer, ZeroMQ I/O: what the PS costs a core, a figure that other
+load on the machine hardly moves), then `scaling <net> <N> workers = X.XXx` against 1 worker.
 On a machine with fewer cores than workers the workers share cores: the figure says so.
 """
 
@@ -66,9 +68,11 @@ def worker(args) -> dict:
     solver.trainer.feed("data", images)
     solver.trainer.feed("label", labels)
     solver.step(args.warmup)
-    start = time.perf_counter()
+    start, cpu, main_cpu = time.perf_counter(), time.process_time(), time.thread_time()
     solver.step(args.iters)
     seconds = time.perf_counter() - start
+    main_ms = (time.thread_time() - main_cpu) * 1e3 / args.iters
+    other_ms = (time.process_time() - cpu) * 1e3 / args.iters - main_ms  # PS threads, zmq I/O
     solver.close()
     if shards is not None:
         shards.close()  # then every worker's SHUTDOWN ends the shards
@@ -76,11 +80,13 @@ def worker(args) -> dict:
         server.join()
     if n > 1:
         ctx.term()
-    return {"worker": i, "images": args.iters * len(labels), "seconds": seconds}
+    images = args.iters * len(labels)
+    return {"worker": i, "images": images, "seconds": seconds, "cpu_ms": [main_ms, other_ms]}
 
 
-def measure(net: str, n: int, args, base: int) -> float:
-    """Images/s of one run with `n` worker processes."""
+def measure(net: str, n: int, args, base: int) -> tuple[float, list[float]]:
+    """Images/s of one run with `n` worker processes, and the CPU ms per iteration of a worker's
+    main thread and of its other threads (the mean over the workers)."""
     env = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(ROOT)}
     cmd = [
         sys.executable,
@@ -106,7 +112,8 @@ def measure(net: str, n: int, args, base: int) -> float:
         if proc.returncode != 0:
             raise SystemExit(f"bench_scaling: a {net} worker failed ({proc.returncode})")
         results.append(json.loads(out.strip().splitlines()[-1]))
-    return sum(r["images"] for r in results) / max(r["seconds"] for r in results)
+    rate = sum(r["images"] for r in results) / max(r["seconds"] for r in results)
+    return rate, [statistics.mean(r["cpu_ms"][k] for r in results) for k in (0, 1)]
 
 
 def main() -> None:
@@ -129,18 +136,20 @@ def main() -> None:
     print(f"{os.cpu_count()} CPU cores; one BLAS thread per worker")
     for net in args.nets:
         iters = args.iters or {"lenet": 60, "cifar10_quick": 15}.get(net, 10)
-        rates = {}
+        rates, run_args = {}, argparse.Namespace(**{**vars(args), "iters": iters})
         for n in args.workers:
-            runs = []
+            runs, cpu = [], []
             for _ in range(args.repeats):
                 base = args.base or free_base_port("127.0.0.1", n, 21000)
-                runs.append(
-                    measure(net, n, argparse.Namespace(**{**vars(args), "iters": iters}), base)
-                )
+                rate, ms = measure(net, n, run_args, base)
+                runs.append(rate)
+                cpu.append(ms)
             rates[n] = statistics.median(runs)
+            main_ms, other_ms = (statistics.median(ms[k] for ms in cpu) for k in (0, 1))
             print(
                 f"{net} {n} worker{'s' if n > 1 else ''}: {rates[n]:.1f} images/s "
-                f"(runs {', '.join(f'{r:.1f}' for r in runs)})",
+                f"(runs {', '.join(f'{r:.1f}' for r in runs)}); CPU per iteration: main thread "
+                f"{main_ms:.1f} ms, other threads {other_ms:.1f} ms",
                 flush=True,
             )
         for n in args.workers:
