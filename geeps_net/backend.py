@@ -159,12 +159,13 @@ def to_host(a) -> numpy.ndarray:
 # Elements of one block of matmul/matmul_add's output on the CPU (2 MiB in float32): small enough
 # to come from malloc's heap and stay in cache, large enough for the GEMM to run at speed.
 ACCUMULATE_BLOCK = 1 << 19
-# GEMMs below this many multiply-adds (M·N·K) run whole in the caller: OpenBLAS keeps them on one
-# thread too (its SMP threshold), and splitting would cost more than it saves. Larger ones go by
-# blocks through split_work: a multi-threaded OpenBLAS call leaves its workers spinning for a
-# while afterwards, stealing the cores from the next layer's chunk threads (measured: CIFAR-10
-# quick's conv3 backward no faster on two threads than one, right after ip1's GEMMs).
-SPLIT_GEMM_MIN = 1 << 18
+# GEMMs of at least this many multiply-adds (M·N·K) go by blocks on the CPU threads (split_work);
+# smaller ones run whole in the caller, where a hand-off to the threads would cost more than it
+# saves (LeNet's ip2, 0.3 M: 0.02 ms whole, 0.2 ms split). Both run with single-threaded BLAS when
+# the threads exist: a multi-threaded OpenBLAS call leaves its workers spinning for a while
+# afterwards, stealing the cores from the next layer's chunk threads (measured: CIFAR-10 quick's
+# conv3 backward no faster on two threads than on one, right after ip1's GEMMs).
+SPLIT_GEMM_MIN = 1 << 25
 
 
 def matmul(xp, a, b, out) -> None:
@@ -184,12 +185,16 @@ def matmul_add(xp, a, b, out) -> None:
 
 def _blocked_matmul(xp, a, b, out, accumulate: bool) -> None:
     (m, n), k = out.shape, a.shape[1]
-    small = m * n * k < SPLIT_GEMM_MIN
-    if xp is not numpy or small or (not accumulate and _chunk_threads().pool is None):
-        if accumulate:
-            out += xp.matmul(a, b)
-        else:
-            xp.matmul(a, b, out=out)
+    if xp is not numpy:
+        _whole_matmul(xp, a, b, out, accumulate)
+        return
+    threads = _chunk_threads()
+    if threads.pool is None or m * n * k < SPLIT_GEMM_MIN:
+        with threads.single_threaded_blas() if threads.pool else contextlib.nullcontext():
+            if accumulate and out.size > ACCUMULATE_BLOCK:
+                _row_blocks_matmul_add(a, b, out)
+            else:
+                _whole_matmul(numpy, a, b, out, accumulate)
         return
     # Blocks of rows, or of columns when out is wide (AlexNet's fc6: 16 x 4096): then each thread
     # reads only its columns of b, the weights, instead of all of them.
@@ -210,6 +215,23 @@ def _blocked_matmul(xp, a, b, out, accumulate: bool) -> None:
             out_s += part
 
     split_work(numpy, run, blocks)
+
+
+def _whole_matmul(xp, a, b, out, accumulate: bool) -> None:
+    if accumulate:
+        out += xp.matmul(a, b)
+    else:
+        xp.matmul(a, b, out=out)
+
+
+def _row_blocks_matmul_add(a, b, out) -> None:
+    """out += a @ b by blocks of rows through one small scratch buffer, in the caller's thread."""
+    rows = max(1, ACCUMULATE_BLOCK // out.shape[1])
+    scratch = numpy.empty((rows, out.shape[1]), dtype=out.dtype)
+    for r in range(0, out.shape[0], rows):
+        part = scratch[: min(rows, out.shape[0] - r)]
+        numpy.matmul(a[r : r + rows], b, out=part)
+        out[r : r + rows] += part
 
 
 def scatter_add(xp, target, indices, values) -> None:

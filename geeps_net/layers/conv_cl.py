@@ -18,7 +18,8 @@ from geeps_net.layers.im2col import channels_last_padded, col2im_cl, im2col_cl
 
 class ChannelsLastColumns:
     """Forward and backward of a Convolution layer in channels-last columns (a mixin: it uses the
-    layer's geom, flip_geom, group, channels, num_output, blobs, bias_term, _chunks, _bias_diff).
+    layer's geom, flip_geom, group, channels, num_output, blobs, bias_term, _chunks,
+    _forward_chunk_ranges, _bias_diff).
     """
 
     def _weights_cl(self, xp):
@@ -50,7 +51,7 @@ class ChannelsLastColumns:
             x = bottom.data.reshape((self.num, self.channels) + g.in_size)
             y = top.data.reshape(self.num, self.num_output, g.out_count)
             work = functools.partial(self._forward_cl_chunks, xp, w, x, y)
-            split_work(xp, work, self._chunks(xp))
+            split_work(xp, work, self._forward_chunk_ranges(xp))
 
     def _forward_cl_chunks(self, xp, w, x, y, chunks) -> None:
         """y[n0:n1] (n, O, P) for each chunk of images x (N, C, *in); w from _weights_cl."""

@@ -60,17 +60,20 @@ def test_inner_product_shapes_fillers_and_accumulation(xp):
         LayerRig(xp, make_layer('type: "InnerProduct"'), [numpy.ones((3, 4))])
 
 
+@pytest.mark.parametrize("split_min", [1 << 18, 1 << 30])  # split, or whole in the caller
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape, num_output", [((90, 50), 60), ((4, 300), 500)])  # tall, wide
-def test_inner_product_blocked_gemms(monkeypatch, threads, shape, num_output):
+def test_inner_product_blocked_gemms(monkeypatch, threads, shape, num_output, split_min):
     """GEMMs of at least SPLIT_GEMM_MIN multiply-adds go by blocks of rows (a tall top) or of
-    columns (a wide one) over the CPU threads: the numbers of one whole GEMM."""
+    columns (a wide one) over the CPU threads; smaller ones run whole (the weight gradient by
+    blocks of rows): the numbers of one whole GEMM."""
     monkeypatch.setattr(backend, "_chunk_threads", lambda: backend._ChunkThreads(threads))
     monkeypatch.setattr(backend, "ACCUMULATE_BLOCK", 1000)  # several blocks per GEMM
+    monkeypatch.setattr(backend, "SPLIT_GEMM_MIN", split_min)
     rng = numpy.random.default_rng(3)
     x, dy = rng.standard_normal(shape), rng.standard_normal((shape[0], num_output))
     w, b = rng.standard_normal((num_output, shape[1])), rng.standard_normal(num_output)
-    assert shape[0] * shape[1] * num_output >= backend.SPLIT_GEMM_MIN
+    assert shape[0] * shape[1] * num_output >= 1 << 18
     for transpose in (False, True):
         text = f"num_output: {num_output} transpose: {str(transpose).lower()}"
         layer = make_layer(f'type: "InnerProduct" inner_product_param {{ {text} }}')
