@@ -9,6 +9,7 @@ A server encrypts with its secret key and admits only clients whose public key f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -105,12 +106,17 @@ def stop_authenticator(auth: ThreadAuthenticator, deadline_s: float = 5.0) -> No
                 return
             del _SHARED[auth.context]
     if auth.pipe is not None and auth.thread is not None:
-        auth.pipe.send(b"TERMINATE")
+        with contextlib.suppress(zmq.Again):  # a thread that is gone reads nothing: never block
+            auth.pipe.send(b"TERMINATE", zmq.NOBLOCK)
         auth.thread.join(timeout=deadline_s)
         if auth.thread.is_alive():
             log.error("the CURVE authenticator did not stop in %.1f s", deadline_s)
             return
-    auth.stop()
+        # auth.stop() would send TERMINATE again, to a pipe whose reader has closed: that send
+        # can block for ever (a hang seen in tests), so the pipe is closed here first
+        auth.pipe.close()
+        auth.pipe, auth.thread = None, None
+    auth.stop()  # what is left: the ZAP socket
 
 
 @dataclass

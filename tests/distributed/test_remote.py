@@ -101,6 +101,9 @@ def test_a_worker_with_another_config_is_refused():
         RemoteShards(cfg.overrides(slack=3), 1, 2, [server.urls])
     with pytest.raises(PsError, match="slack = 3"):
         server.join()  # the server failed; it told the good worker too
+    end = time.monotonic() + 5.0
+    while good.error is None and time.monotonic() < end:  # that ERROR may still be on its way
+        time.sleep(0.01)
     assert good.error is not None and "slack = 3" in str(good.error)
     with pytest.raises(PsError, match="slack = 3"):
         good.create_table(0, 10)
