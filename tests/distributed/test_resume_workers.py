@@ -12,7 +12,7 @@ import pytest
 from geeps_net.checkpoint import read_arrays
 from geeps_net.snapshot import read_net_weights, read_solverstate
 
-from .helpers import make_lmdb, net_text, solver_text
+from .helpers import free_base, make_lmdb, net_text, solver_text
 
 ROOT = Path(__file__).resolve().parents[2]
 BATCH = 4
@@ -29,6 +29,7 @@ def write_solver(folder: Path, lmdb: Path, kind: str, prefix: str, iters: int) -
 
 def train(solver: Path, rule: str, *extra) -> str:
     flags = ["-workers", "2", "-update_rule", rule, "-deadline_s", "20", "-heartbeat_s", "0.5"]
+    flags += ["-base_port", str(free_base(2))]  # parallel tests must not race for the default
     cmd = [sys.executable, "-m", "geeps_net", "train", "-solver", str(solver), *flags, *extra]
     done = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr

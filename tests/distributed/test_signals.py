@@ -13,7 +13,7 @@ import numpy
 from geeps_net.control import JobControl
 from geeps_net.snapshot import read_solverstate
 
-from .helpers import make_lmdb, net_text, solver_text
+from .helpers import free_base, make_lmdb, net_text, solver_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,6 +26,7 @@ def start_job(tmp_path: Path, slack: int) -> subprocess.Popen:
     solver = tmp_path / "solver.prototxt"
     solver.write_text(solver_text("SGD", 10**7, display=1, snapshot_prefix=prefix, net=f'"{net}"'))
     flags = ["-workers", "2", "-slack", str(slack), "-deadline_s", "20", "-heartbeat_s", "0.5"]
+    flags += ["-base_port", str(free_base(2))]  # parallel tests must not race for the default
     cmd = [sys.executable, "-m", "geeps_net", "train", "-solver", str(solver), *flags]
     return subprocess.Popen(cmd, cwd=ROOT, text=True, stderr=subprocess.PIPE)
 

@@ -16,7 +16,7 @@ import pytest
 
 from geeps_net.snapshot import read_net_weights
 
-from .helpers import make_lmdb, net_text, solver_param, solver_text, train_alone
+from .helpers import free_base, make_lmdb, net_text, solver_param, solver_text, train_alone
 
 ROOT = Path(__file__).resolve().parents[2]
 ITERS, BATCH = 20, 4
@@ -41,6 +41,7 @@ def test_two_workers_train_and_worker_0_snapshots(tmp_path, rule, kind):
     lmdb = make_lmdb(tmp_path)
     solver = write_solver(tmp_path, lmdb, ITERS, display=5, kind=kind)
     flags = {"-workers": 2, "-update_rule": rule, "-deadline_s": 20, "-heartbeat_s": 0.5}
+    flags["-base_port"] = free_base(2)  # parallel tests must not race for the default
     proc = geeps("-solver", solver, *[str(x) for item in flags.items() for x in item])
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -59,7 +60,8 @@ def test_two_workers_train_and_worker_0_snapshots(tmp_path, rule, kind):
 
 def test_a_killed_worker_fails_the_job_and_the_launcher_names_it(tmp_path):
     solver = write_solver(tmp_path, make_lmdb(tmp_path), 100000, display=1)
-    proc = geeps("-solver", solver, "-workers", 2, "-deadline_s", 3, "-heartbeat_s", 0.3)
+    flags = ["-workers", 2, "-deadline_s", 3, "-heartbeat_s", 0.3, "-base_port", free_base(2)]
+    proc = geeps("-solver", solver, *flags)
     lines, pids = [], {}
     watchdog = threading.Timer(120, proc.kill)  # a job that never gets going ends the read below
     watchdog.start()
