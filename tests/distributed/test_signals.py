@@ -1,5 +1,6 @@
-"""Signals to a 2-worker job: SIGHUP snapshots and goes on, SIGINT snapshots and stops, every worker
-at the same clock (worker 0 decides through the PS, geeps_net/control.py), and the job exits 0."""
+"""Signals to a 2-worker job (SSP with SUM, BSP with SERVER): SIGHUP snapshots and goes on, SIGINT
+snapshots and stops, every worker at the same clock (worker 0 decides through the PS,
+geeps_net/control.py), and the job exits 0."""
 
 import re
 import signal
@@ -9,6 +10,7 @@ import threading
 from pathlib import Path
 
 import numpy
+import pytest
 
 from geeps_net.control import JobControl
 from geeps_net.snapshot import read_solverstate
@@ -18,14 +20,15 @@ from .helpers import free_base, make_lmdb, net_text, solver_text
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start_job(tmp_path: Path, slack: int) -> subprocess.Popen:
+def start_job(tmp_path: Path, slack: int, rule: str = "SUM") -> subprocess.Popen:
     lmdb = make_lmdb(tmp_path)
     net = tmp_path / "net.prototxt"
     net.write_text(net_text(lmdb, 4))
     prefix = f'"{tmp_path}/snap/tiny"'
     solver = tmp_path / "solver.prototxt"
     solver.write_text(solver_text("SGD", 10**7, display=1, snapshot_prefix=prefix, net=f'"{net}"'))
-    flags = ["-workers", "2", "-slack", str(slack), "-deadline_s", "20", "-heartbeat_s", "0.5"]
+    flags = ["-workers", "2", "-slack", str(slack), "-update_rule", rule]
+    flags += ["-deadline_s", "20", "-heartbeat_s", "0.5"]
     flags += ["-base_port", str(free_base(2))]  # parallel tests must not race for the default
     cmd = [sys.executable, "-m", "geeps_net", "train", "-solver", str(solver), *flags]
     return subprocess.Popen(cmd, cwd=ROOT, text=True, stderr=subprocess.PIPE)
@@ -42,8 +45,9 @@ def read_until(proc, lines: list[str], pattern: str, count: int = 1) -> None:
     raise AssertionError("the job ended early:\n" + "".join(lines))
 
 
-def test_hup_snapshots_and_int_stops_every_worker_at_one_clock(tmp_path):
-    proc = start_job(tmp_path, slack=1)
+@pytest.mark.parametrize("slack,rule", [(1, "SUM"), (0, "SERVER")])
+def test_hup_snapshots_and_int_stops_every_worker_at_one_clock(tmp_path, slack, rule):
+    proc = start_job(tmp_path, slack, rule)
     lines: list[str] = []
     watchdog = threading.Timer(120, proc.kill)
     watchdog.start()
