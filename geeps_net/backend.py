@@ -163,8 +163,9 @@ ACCUMULATE_BLOCK = 1 << 19
 # smaller ones run whole in the caller, where a hand-off to the threads would cost more than it
 # saves (LeNet's ip2, 0.3 M: 0.02 ms whole, 0.2 ms split). Both run with single-threaded BLAS when
 # the threads exist: a multi-threaded OpenBLAS call leaves its workers spinning for a while
-# afterwards, stealing the cores from the next layer's chunk threads (measured: CIFAR-10 quick's
-# conv3 backward no faster on two threads than on one, right after ip1's GEMMs).
+# afterwards, which would steal the cores from the next layer's chunk threads (suspected, not
+# isolated: CIFAR-10 quick's conv3 backward, right after ip1's GEMMs, ran no faster on two threads
+# than on one until ip1 went through the chunk threads too).
 SPLIT_GEMM_MIN = 1 << 25
 
 
