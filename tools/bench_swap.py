@@ -59,7 +59,8 @@ def main(argv=None) -> int:
         for fraction in args.fractions:
             budget = 0 if fraction >= 1 else max(int(fraction * full), least)
             level = 1 if not budget or budget >= smallest else 0
-            note = "" if not budget or budget == int(fraction * full) else " (raised to smallest)"
+            raised = budget and budget != int(fraction * full)
+            note = " (raised to the smallest)" if raised else ""
             note += " (mm_warning_level 0)" if level == 0 else ""
             seconds, s = measure(name, budget, args, level) if budget else (base, None)
             line = f"  budget {fraction:.0%}{note}: throughput ratio {base / seconds:.2f}"
