@@ -70,6 +70,7 @@ class JobControl:
     def observe(self, values, clock: int) -> None:
         """Decode the table as read at `clock` (values at or below it are old news)."""
         for slot, value in enumerate(numpy.asarray(values, numpy.float64)):
+            # float32 S / N times N rounds back to S exactly below ~8 million clocks
             target = int(round(value * self.scale))
             if target > clock:
                 self.targets[slot] = target
