@@ -109,44 +109,33 @@ def _chunk_threads() -> _ChunkThreads:
     return _ChunkThreads(max(blas, default=1))
 
 
-class _SharedItems:
-    """An iterator several threads draw from: each item goes to exactly one of them."""
-
-    def __init__(self, items) -> None:
-        self._items, self._lock = iter(items), threading.Lock()
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        with self._lock:
-            return next(self._items)
-
-
 def split_work(xp, work, items: list) -> list:
-    """Run work(part) on every CPU thread at once, each part an iterator drawing from `items`;
-    returns the threads' results, leaving out None (a thread that drew no item).
+    """Run work(part) on every CPU thread at once, each part a fixed, contiguous share of
+    `items` in order; returns the parts' results in part order, leaving out None.
 
     Convolution's NumPy copies (im2col, transposes) use one core while only its GEMMs use BLAS's
     threads; running independent image chunks on their own threads, each with single-threaded
-    BLAS, keeps every core busy through the copies too. Threads draw the next item when done
-    with one, so a core slowed by another process takes fewer items instead of holding up the
-    rest. `work` must only write what its items own, returns a partial result (e.g. a weight
-    gradient over its images) for the caller to combine, and must not call split_work itself.
+    BLAS, keeps every core busy through the copies too. The shares are fixed, not drawn first
+    come, first served: `work` sums over its items (e.g. a weight gradient over its images) and
+    the caller adds the parts in order, so which items are summed together must not depend on
+    timing, or two identical runs would differ in the last bits (DESIGN's bit-identical
+    invariant). `work` must only write what its items own and must not call split_work itself.
     CuPy, one thread or one item: one part holding every item, in the caller's thread.
     """
     threads = _chunk_threads() if xp is numpy else None
     if threads is None or threads.pool is None or len(items) < 2:
-        return [work(items)]
-    shared = _SharedItems(items)
+        return [work(iter(items))]
+    n = min(threads.n, len(items))
+    bounds = [len(items) * t // n for t in range(n + 1)]
+    parts = [items[bounds[t] : bounds[t + 1]] for t in range(n)]
     with threads.single_threaded_blas():
-        helpers = [threads.pool.submit(work, shared) for _ in range(min(threads.n, len(items)) - 1)]
+        helpers = [threads.pool.submit(work, iter(part)) for part in parts[1:]]
         try:
-            mine = work(shared)  # the caller works too, instead of waiting
+            mine = work(iter(parts[0]))  # the caller works too, instead of waiting
         finally:  # never leave helpers writing into arrays after the caller has returned
             futures.wait(helpers)
     results = [mine] + [h.result() for h in helpers]
-    return [r for r in results if r is not None]  # None: a thread that drew no item
+    return [r for r in results if r is not None]
 
 
 def to_host(a) -> numpy.ndarray:

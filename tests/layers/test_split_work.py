@@ -22,6 +22,19 @@ def two_threads(monkeypatch):
     threads.pool.shutdown()
 
 
+def test_parts_are_fixed_whatever_the_timing(two_threads):
+    """Which items a thread sums together never depends on which thread runs first: identical
+    runs give identical float sums (a caller slow to start must not leave its items to the
+    helper)."""
+
+    def work(items):
+        if threading.current_thread() is threading.main_thread():
+            time.sleep(0.02)
+        return [*items]
+
+    assert backend.split_work(numpy, work, list(range(9))) == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]
+
+
 def test_every_item_goes_to_one_thread(two_threads):
     seen, lock = [], threading.Lock()
 
@@ -64,4 +77,4 @@ def test_an_error_waits_for_the_helpers(two_threads):
 
     with pytest.raises(ValueError, match="a chunk failed"):
         backend.split_work(numpy, work, list(range(50)))
-    assert len(finished) == 1  # the helper drew the remaining items and was waited for
+    assert len(finished) == 1  # the helper finished its share and was waited for
