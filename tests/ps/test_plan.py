@@ -121,8 +121,11 @@ def test_level_two_and_three_force_data_onto_the_device():
 
 
 def test_level_zero_warns_without_double_buffering():
+    """3584 B is one peak with nothing resident. Level 0 fills the room above one peak too, in
+    GeePS's order (local data at the peak first): X, then Z, leaving a pool of one new peak."""
     plan = make_plan(OPS, ITEMS, 3584, 0, 128)
-    assert plan.placement.resident == set()
+    assert plan.placement.resident == {X, Z}
+    assert plan.placement.peak == 1024 and plan.pool_size == 1024
     assert plan.placement.warnings and "no double buffering" in plan.placement.warnings[0]
     assert "warning:" in plan.summary()
 
