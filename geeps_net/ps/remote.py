@@ -7,14 +7,19 @@
     ...
     client.close(); shards.close(); server.join()     # SHUTDOWN; the server ends when all did
 
-One message per call of the shard interface (server.py's docstring), in wire.py's types:
+Messages for the calls of the shard interface (server.py's docstring), in wire.py's types:
 
     HELLO     worker -> every channel of every server, payload its PsConfig text; the server checks
               the fields both sides must agree on and answers HELLO (the worker waits for all).
     CREATE    worker -> owners of the table's ranges: int64 [num_values, row_size].
-    INIT      worker 0 -> owner of a range: initial values.    UPDATE  worker -> owner: a delta.
-    CLOCK     worker -> owners of the table's ranges: it finished `clock` of the table.
-    PUSH      server -> every worker that created the table: a range's values at data age `clock`.
+    INIT      worker 0 -> owner of a range: initial values.
+    UPDATES   worker -> server: in order, the deltas of its ranges (UPDATE) and the CLOCKs of the
+              tables a worker finished at one clock, gathered per (server, channel) until the
+              worker finished that clock of every table (or sends anything else to the server),
+              with a CLOCK of ALL_TABLES (the iteration, for verdicts) on channel 0.
+    PUSH      server -> every worker that created the table: a range's values at data age `clock`
+              (after CREATE, INIT or a reconnect);
+    PUSHES    the same for every range whose data age one UPDATES message advanced.
     READ_REQ / READ_REP   read_table (tests, diagnostics).
     SHUTDOWN  worker -> every channel of every server when it closes; a server ends when all did.
     ERROR     either way: the sender failed; payload = the root cause, one line, passed on as is.
@@ -40,7 +45,7 @@ from geeps_net.ps.peer import Component, RemoteFailure, endpoint_options
 from geeps_net.ps.server import Push
 from geeps_net.ps.shard_server import ShardServer
 from geeps_net.ps.tables import Directory, RowRange
-from geeps_net.ps.wire import ALL_TABLES, Header, MsgType, TableShape, note
+from geeps_net.ps.wire import ALL_TABLES, Header, MsgType, Part, TableShape, note
 
 __all__ = ["RemoteShards", "ShardServer"]
 
@@ -69,6 +74,8 @@ class RemoteShards(Component):
         self.pushed = dict.fromkeys(range(config.num_servers), -1)  # server -> its last data age
         self._deliver = None
         self._outbox: deque = deque()
+        self._batches: dict[tuple[int, int], tuple[int, list[Part]]] = {}  # (server, channel) ->
+        self._batch_lock = threading.Lock()  # (clock, parts) not yet in the outbox
         self._cond = threading.Condition()
         self._answered: set[tuple[int, int]] = set()
         self._replies: dict[tuple[int, int], numpy.ndarray] = {}
@@ -114,25 +121,34 @@ class RemoteShards(Component):
 
     def write_initial(self, table: int, values: numpy.ndarray) -> None:
         """Worker 0's initial values of `table`, to the owner of each range."""
-        self._rows(MsgType.INIT, table, -1, values)
+        values = self._values(MsgType.INIT, table, values)
+        for rng in self.tables[table]:
+            head = Header(MsgType.INIT, self.worker_id, table, -1, rng.row_start, rng.row_stop)
+            self._queue(rng.shard, head, values[rng.values].copy())  # sent later, zero-copy
 
     def push_update(self, worker: int, table: int, clock: int, delta: numpy.ndarray) -> None:
         """This worker's whole-table delta of `clock`, cut into ranges (copied: the caller reuses
-        its buffer)."""
-        self._rows(MsgType.UPDATE, table, clock, delta)
+        its buffer); sent with the clock's UPDATES."""
+        values = self._values(MsgType.UPDATE, table, delta).copy()
+        channel = table % self.config.num_channels
+        for rng in self.tables[table]:
+            part = Part(table, rng.row_start, rng.row_stop, clock, values[rng.values])
+            self._gather(rng.shard, channel, part)
 
     def clock(self, worker: int, table: int, clock: int) -> None:
-        """This worker finished `clock` of `table`: tell every server holding part of it."""
+        """This worker finished `clock` of `table`: tell every server holding part of it. Once
+        every table finished `clock`, the gathered UPDATES go out."""
         self._check()
+        channel = table % self.config.num_channels
         for shard in sorted({rng.shard for rng in self.tables[table]}):
-            self._queue(shard, Header(MsgType.CLOCK, self.worker_id, table, clock))
+            self._gather(shard, channel, Part(table, 0, 0, clock))
         self.clocked[table] = clock
         done = min(self.clocked.values())
         if done > self.iteration:  # every table finished `done`: tell every server (verdicts)
             self.iteration = done
-            head = Header(MsgType.CLOCK, self.worker_id, ALL_TABLES, done)
             for server in range(self.config.num_servers):
-                self._queue(server, head, None, 0)
+                self._gather(server, 0, Part(ALL_TABLES, 0, 0, done))
+            self._seal()
 
     def read_table(self, table: int) -> numpy.ndarray:
         """The servers' master copy of `table` (a new array; waits for the answers, deadline_s)."""
@@ -174,7 +190,7 @@ class RemoteShards(Component):
 
     # ---- plumbing -------------------------------------------------------------------------------
 
-    def _rows(self, kind: MsgType, table: int, clock: int, values: numpy.ndarray) -> None:
+    def _values(self, kind: MsgType, table: int, values: numpy.ndarray) -> numpy.ndarray:
         self._check()
         values = numpy.asarray(values, dtype="float32").reshape(-1)
         if values.size != self.shapes[table].num_values:
@@ -182,14 +198,38 @@ class RemoteShards(Component):
                 f"{kind.name} table {table}: {values.size} values, "
                 f"expected {self.shapes[table].num_values}"
             )
-        for rng in self.tables[table]:
-            head = Header(kind, self.worker_id, table, clock, rng.row_start, rng.row_stop)
-            self._queue(rng.shard, head, values[rng.values].copy())  # sent later, zero-copy
+        return values
+
+    def _gather(self, server: int, channel: int, part: Part) -> None:
+        """Add `part` to the UPDATES of (server, channel); one of another clock goes out first."""
+        with self._batch_lock:
+            clock, parts = self._batches.get((server, channel), (part.clock, None))
+            if parts is not None and clock != part.clock:
+                self._post(server, channel, self._updates(clock, parts))
+                parts = None
+            if parts is None:
+                self._batches[server, channel] = (part.clock, [part])
+            else:
+                parts.append(part)
+
+    def _seal(self) -> None:
+        """Queue every gathered UPDATES (server, then channel order)."""
+        with self._batch_lock:
+            for (server, channel), (clock, parts) in sorted(self._batches.items()):
+                self._post(server, channel, self._updates(clock, parts))
+            self._batches.clear()
+
+    def _updates(self, clock: int, parts: list[Part]) -> tuple[Header, list[Part]]:
+        return Header(MsgType.UPDATES, self.worker_id, clock=clock, row_end=len(parts)), parts
 
     def _queue(self, server: int, header: Header, payload=None, channel: int | None = None):
         if channel is None:
             channel = header.table % self.config.num_channels
-        self._outbox.append((server, channel, header, payload))
+        self._seal()  # what was gathered goes first: the server sees the calls' order
+        self._post(server, channel, (header, payload))
+
+    def _post(self, server: int, channel: int, message: tuple) -> None:
+        self._outbox.append((server, channel, *message))
         # One wake per batch: the thread flushes until the outbox is empty before it polls, so a
         # longer outbox already has a wake on its way (a per-table burst is ~20 messages)
         if len(self._outbox) == 1:
@@ -259,7 +299,7 @@ class RemoteShards(Component):
     def _flush(self) -> None:
         while self._outbox:
             server, channel, header, payload = self._outbox.popleft()
-            if header.type == MsgType.CLOCK:
+            if header.type in (MsgType.CLOCK, MsgType.UPDATES):
                 self.ep.clock = max(self.ep.clock, header.clock)  # heartbeats carry it
             self.ep.send(
                 server, header, payload, channel=channel, deadline_s=self.config.deadline_s
@@ -268,12 +308,10 @@ class RemoteShards(Component):
     def _handle(self, msg) -> None:
         h, server = msg.header, msg.peer
         if h.type == MsgType.PUSH:
-            rng = next(r for r in self.tables[h.table] if r.row_start == h.row_begin)
-            if self._deliver is not None:  # without a subscriber only the age is kept
-                self._deliver(Push(h.table, rng, msg.payload, h.clock))
-            ages = self.ages[h.table]
-            ages[h.row_begin] = max(ages[h.row_begin], h.clock)
-            self.pushed[server] = max(self.pushed[server], h.clock)
+            self._push(server, Part(h.table, h.row_begin, h.row_end, h.clock, msg.payload))
+        elif h.type == MsgType.PUSHES:
+            for part in msg.payload:
+                self._push(server, part)
         elif h.type in (MsgType.HELLO, MsgType.READ_REP):
             with self._cond:
                 if h.type == MsgType.HELLO:
@@ -288,3 +326,11 @@ class RemoteShards(Component):
                 f"{self.name}: unexpected {h.type.name} from server {server} "
                 f"({self.ep.where(server)})"
             )
+
+    def _push(self, server: int, part: Part) -> None:
+        rng = next(r for r in self.tables[part.table] if r.row_start == part.row_begin)
+        if self._deliver is not None:  # without a subscriber only the age is kept
+            self._deliver(Push(part.table, rng, part.values, part.clock))
+        ages = self.ages[part.table]
+        ages[part.row_begin] = max(ages[part.row_begin], part.clock)
+        self.pushed[server] = max(self.pushed[server], part.clock)

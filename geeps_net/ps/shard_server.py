@@ -6,6 +6,7 @@ table when the slowest worker's clock advances, and ends when every worker said 
 from __future__ import annotations
 
 import threading
+from collections import defaultdict
 
 from geeps_net.errors import PeerLost, PsError
 from geeps_net.ps.config import Config
@@ -14,7 +15,7 @@ from geeps_net.ps.peer import AGREE, Component, RemoteFailure, endpoint_options
 from geeps_net.ps.server import Push, ServerRule, TabletServer
 from geeps_net.ps.tables import Directory, RowRange
 from geeps_net.ps.transport import shard_inproc_urls
-from geeps_net.ps.wire import ALL_TABLES, MsgType, TableShape, note
+from geeps_net.ps.wire import ALL_TABLES, MsgType, Part, TableShape, note
 
 
 class _ServerEndpoint(ServerEndpoint):
@@ -84,6 +85,7 @@ class ShardServer(Component):
             MsgType.INIT: self._init,
             MsgType.UPDATE: self._update,
             MsgType.CLOCK: self._clock,
+            MsgType.UPDATES: self._updates,
             MsgType.READ_REQ: self._read,
             MsgType.SHUTDOWN: self._shutdown,
             MsgType.ERROR: self._error,
@@ -172,11 +174,14 @@ class ShardServer(Component):
 
     def _range(self, msg) -> RowRange:
         h = msg.header
-        rng = self.ranges.get(h.table, {}).get(h.row_begin)
-        if rng is None or rng.row_stop != h.row_end:
+        return self._range_of(msg.peer, h.type.name, h.table, h.row_begin, h.row_end)
+
+    def _range_of(self, worker: int, what: str, table: int, begin: int, end: int) -> RowRange:
+        rng = self.ranges.get(table, {}).get(begin)
+        if rng is None or rng.row_stop != end:
             raise PsError(
-                f"worker {msg.peer}: {h.type.name} of table {h.table} rows "
-                f"[{h.row_begin}, {h.row_end}) is not a range of {self.name}"
+                f"worker {worker}: {what} of table {table} rows "
+                f"[{begin}, {end}) is not a range of {self.name}"
             )
         return rng
 
@@ -195,14 +200,31 @@ class ShardServer(Component):
         self.tablet.apply_update(msg.peer, h.table, h.clock, self._range(msg), msg.payload)
 
     def _clock(self, msg) -> None:
-        h = msg.header
-        if h.table == ALL_TABLES:
-            return  # the worker finished an iteration: only its last clock, for verdicts
-        if h.table not in self.shapes:
-            raise PsError(f"worker {msg.peer}: CLOCK of table {h.table}, never created here")
-        for push in self.tablet.clock(msg.peer, h.table, h.clock):
+        for push in self._finish(msg.peer, msg.header.table, msg.header.clock):
             self._send_push(push)
+
+    def _updates(self, msg) -> None:
+        """UPDATE and CLOCK parts in order; the pushes they cause go out as one PUSHES per
+        worker and channel."""
+        pushes = []
+        for part in msg.payload:
+            if part.values is None:
+                pushes += self._finish(msg.peer, part.table, part.clock)
+                continue
+            rng = self._range_of(msg.peer, "UPDATE", part.table, part.row_begin, part.row_end)
+            self.tablet.apply_update(msg.peer, part.table, part.clock, rng, part.values)
+        if pushes:
+            self._send_pushes(pushes)
+
+    def _finish(self, worker: int, table: int, clock: int) -> list[Push]:
+        """`worker` finished `clock` of `table`: the pushes that follow."""
+        if table == ALL_TABLES:
+            return []  # the worker finished an iteration: only its last clock, for verdicts
+        if table not in self.shapes:
+            raise PsError(f"worker {worker}: CLOCK of table {table}, never created here")
+        pushes = self.tablet.clock(worker, table, clock)
         self.ep.clock = min(self.tablet.data_age(t) for t in self.shapes)
+        return pushes
 
     def _read(self, msg) -> None:
         rng, table = self._range(msg), msg.header.table
@@ -229,6 +251,30 @@ class ShardServer(Component):
             if (table, start) in self.initialized:
                 self._send_push(Push(table, rng, self.tablet.master[table, start], age), workers)
 
+    def _send_pushes(self, pushes: list[Push]) -> None:
+        """One PUSHES per (worker, channel) with the values of `pushes` (encode copies them into
+        its frame: the master changes on)."""
+        groups: dict[tuple[int, int], list[Part]] = defaultdict(list)
+        for push in pushes:
+            part = Part(push.table, push.range.row_start, push.range.row_stop, push.data_age)
+            part = part._replace(values=push.values)
+            for worker in self.created.get(push.table, ()):
+                groups[worker, push.table % self.config.num_channels].append(part)
+        for (worker, channel), parts in sorted(groups.items()):
+            clock = max(part.clock for part in parts)
+            head = self.ep.header(MsgType.PUSHES, clock=clock, row_end=len(parts))
+            self._send_to(worker, head, parts, channel)
+
+    def _send_to(self, worker: int, head, payload, channel: int) -> None:
+        if worker in self.ep.departed or worker in self.unreachable:
+            return
+        try:
+            self.ep.send(worker, head, payload, channel=channel, deadline_s=self.config.deadline_s)
+        except PeerLost:
+            # disconnected: it left (its SHUTDOWN may still be queued) or it died (liveness
+            # will say so); if it comes back, _receive resends the current values
+            self.unreachable.add(worker)
+
     def _send_push(self, push: Push, workers=None) -> None:
         """One copy of the values (the master changes on) to each worker that created the table."""
         values = push.values.copy()
@@ -241,17 +287,4 @@ class ShardServer(Component):
         )
         targets = self.created.get(push.table, set()) if workers is None else workers
         for worker in sorted(targets):
-            if worker in self.ep.departed or worker in self.unreachable:
-                continue
-            try:
-                self.ep.send(
-                    worker,
-                    head,
-                    values,
-                    channel=push.table % self.config.num_channels,
-                    deadline_s=self.config.deadline_s,
-                )
-            except PeerLost:
-                # disconnected: it left (its SHUTDOWN may still be queued) or it died (liveness
-                # will say so); if it comes back, _receive resends the current values
-                self.unreachable.add(worker)
+            self._send_to(worker, head, values, push.table % self.config.num_channels)

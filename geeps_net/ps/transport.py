@@ -36,22 +36,24 @@ import zmq
 
 from geeps_net.errors import DeadlineError, PeerLost, PsError, WireError
 from geeps_net.ps.curve import CurveKeys
-from geeps_net.ps.wire import Header, MsgType, TableShape, encode
+from geeps_net.ps.wire import Header, MsgType, Part, TableShape, encode
 
 log = logging.getLogger(__name__)
 
 LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|localhost|\[?::1\]?)$")
 IDENTITY = re.compile(rb"^worker-(\d{1,9})$")
-CLOCKED = (MsgType.HELLO, MsgType.HEARTBEAT, MsgType.CLOCK, MsgType.BARRIER)  # clock = sender's
+# messages whose clock is the sender's own
+CLOCKED = (MsgType.HELLO, MsgType.HEARTBEAT, MsgType.CLOCK, MsgType.UPDATES, MsgType.BARRIER)
 
 
 class Message(NamedTuple):
-    """A validated message: who sent it (worker or server id), on which channel, header, payload."""
+    """A validated message: who sent it (worker or server id), on which channel, header, payload
+    (a list of Part for UPDATES and PUSHES)."""
 
     peer: int
     channel: int
     header: Header
-    payload: numpy.ndarray | None
+    payload: numpy.ndarray | list[Part] | None
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,7 @@ class Endpoint:
         """Raise PeerLost if a peer (not departed) was silent for more than `deadline_s` seconds.
 
         The verdict names the peer, its address and its last clock: `last_clock[peer]` if given,
-        else the clock of its last HELLO/HEARTBEAT/CLOCK/BARRIER.
+        else the clock of its last HELLO/HEARTBEAT/CLOCK/UPDATES/BARRIER.
         """
         now = time.monotonic()
         late = sorted(
@@ -325,7 +327,7 @@ class Endpoint:
         self,
         peer: int,
         header: Header,
-        payload: numpy.ndarray | bytes | None = None,
+        payload: numpy.ndarray | bytes | list[Part] | None = None,
         *,
         channel: int = 0,
         deadline_s: float = 60.0,

@@ -17,11 +17,17 @@ carries:
           their min(row_end * row_size, num_values) - row_begin * row_size values (table dtype)
     RANGE (READ_REQ): a row range of `table`, no payload
     SPEC  (CREATE): `table`'s shape as int64 [num_values, row_size]
+    PARTS (UPDATES, PUSHES): row_end = n parts, listed by n PART entries (int64 table, row_begin,
+          row_end, clock) appended to the header frame; the payload is the values of the parts
+          with rows, concatenated in index order. A part without rows (0, 0) is a CLOCK of its
+          table (UPDATES only; ALL_TABLES allowed). UPDATES: every part's clock is the header's;
+          PUSHES: each part's clock is its data age, at most the header's.
     NOTE  (HELLO, CHECKPOINT, SHUTDOWN, ERROR): optional uint8 text (config, path, reason, error)
     TICK  (HEARTBEAT, CLOCK, BARRIER): the clock alone (CLOCK also names a table, or ALL_TABLES)
 
 `clock` is the sender's clock (PUSH/READ_REP: the data age); -1 means "none yet". decode validates
-every field before anything is used and raises WireError naming the peer and the first fault.
+every field (of every part too) before anything is used and raises WireError naming the peer and
+the first fault. The checksum of a PARTS message covers its index after the header's 52 bytes.
 """
 
 from __future__ import annotations
@@ -38,12 +44,14 @@ import numpy
 from geeps_net.errors import WireError
 
 MAGIC = b"GPS1"
-VERSION = 2  # 2: CRC-32C checksums (1 had zlib's CRC-32)
+VERSION = 3  # 3: UPDATES and PUSHES (many ranges in one message); 2: CRC-32C (1 had zlib's CRC-32)
 HEADER = struct.Struct("<4sHHIIqQQQBBxxI")
 CRC_SPAN = HEADER.size - 4  # bytes of the header the checksum covers (all but itself)
 PAYLOAD_CRC = 1  # flags bit: the checksum covers the payload too
 ALL_TABLES = 0xFFFFFFFF  # CLOCK's table for "every table"
 MAX_ROWS = 1 << 40  # a row index beyond this is corrupt, whatever the table claims
+PART = struct.Struct("<qqqq")  # a PARTS message's index entry: table, row_begin, row_end, clock
+MAX_PARTS = 1 << 20  # more parts than this in one message is corrupt
 
 DTYPES = {1: "float32", 2: "float64", 3: "int32", 4: "int64", 5: "uint8"}  # code 0: no payload
 DTYPE_CODES = {numpy.dtype(name): code for code, name in DTYPES.items()}
@@ -65,6 +73,8 @@ class MsgType(enum.IntEnum):
     CHECKPOINT = 11  # both ways: write (or wrote) a checkpoint at `clock`; payload = path
     SHUTDOWN = 12  # both ways: the sender leaves cleanly; payload = reason
     ERROR = 13  # both ways: the sender failed; payload = its one-line error (UTF-8)
+    UPDATES = 14  # worker -> server: deltas and CLOCKs of one clock, in order, for many ranges
+    PUSHES = 15  # server -> worker: many ranges' values, each at its data age
 
 
 BODY = {  # MsgType -> what it carries (see the module docstring)
@@ -81,6 +91,8 @@ BODY = {  # MsgType -> what it carries (see the module docstring)
     MsgType.CHECKPOINT: "NOTE",
     MsgType.SHUTDOWN: "NOTE",
     MsgType.ERROR: "NOTE",
+    MsgType.UPDATES: "PARTS",
+    MsgType.PUSHES: "PARTS",
 }
 TYPES = {int(t): t for t in MsgType}  # decode's lookup: a dict is faster than MsgType(code)
 TABLE_TYPES = frozenset(t for t, body in BODY.items() if body in ("ROWS", "RANGE", "SPEC"))
@@ -92,6 +104,17 @@ class TableShape(NamedTuple):
     num_values: int
     row_size: int
     dtype: str = "float32"
+
+
+class Part(NamedTuple):
+    """One entry of a PARTS message: rows [row_begin, row_end) of `table` at `clock` and their
+    values (a read-only view when decoded); rows (0, 0) and no values: a CLOCK of the table."""
+
+    table: int
+    row_begin: int
+    row_end: int
+    clock: int
+    values: numpy.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -140,16 +163,26 @@ def num_rows(shape: TableShape) -> int:
 
 
 def encode(
-    header: Header, payload: numpy.ndarray | bytes | None = None, *, payload_crc: bool = True
+    header: Header,
+    payload: numpy.ndarray | bytes | Sequence[Part] | None = None,
+    *,
+    payload_crc: bool = True,
 ) -> Frames:
     """[header bytes] or [header bytes, payload]; the payload frame is the array itself (no copy).
+
+    A PARTS message (UPDATES, PUSHES) takes a list of Part as `payload` and header.row_end ==
+    len(parts): the index goes after the header, the parts' values are concatenated into a new
+    payload (a copy, so the caller may change them once encode returns).
 
     `payload` must be C-contiguous host memory (stage a CuPy array first). The caller must not write
     to it until the send is done: zmq reads it after send returns (a later change fails the CRC).
     payload_crc=False leaves the payload out of the checksum (saves one pass over it on each side;
     TCP's own checks remain).
     """
-    if isinstance(payload, bytes | bytearray | memoryview):
+    index = b""
+    if BODY[header.type] == "PARTS":
+        index, payload = _pack_parts(header, payload)
+    elif isinstance(payload, bytes | bytearray | memoryview):
         payload = numpy.frombuffer(payload, dtype="uint8")
     view, code = b"", 0
     if payload is not None and payload.size:
@@ -163,13 +196,30 @@ def encode(
     flags = PAYLOAD_CRC if payload_crc else 0
     fields += (header.row_begin, header.row_end, len(view), code, flags, 0)
     try:
-        head = bytearray(HEADER.pack(*fields))
+        head = bytearray(HEADER.pack(*fields) + index)
     except struct.error as e:
         raise WireError(f"encode {header.type.name} from sender {header.sender}: {e}") from None
     crc = checksum(memoryview(head)[:CRC_SPAN])
+    crc = checksum(index, crc) if index else crc
     crc = checksum(view, crc) if payload_crc else crc
     struct.pack_into("<I", head, CRC_SPAN, crc)
     return [bytes(head), payload] if len(view) else [bytes(head)]
+
+
+def _pack_parts(header: Header, parts) -> tuple[bytes, numpy.ndarray | None]:
+    """(index bytes, concatenated values or None) of a PARTS message."""
+    if not isinstance(parts, Sequence) or header.row_begin or header.row_end != len(parts):
+        n = len(parts) if isinstance(parts, Sequence) else "no list of"
+        raise WireError(
+            f"encode {header.type.name}: rows [{header.row_begin}, {header.row_end}) "
+            f"must be [0, n) for {n} parts"
+        )
+    try:
+        index = b"".join(PART.pack(*part[:4]) for part in parts)
+    except struct.error as e:
+        raise WireError(f"encode {header.type.name} from sender {header.sender}: {e}") from None
+    values = [part.values for part in parts if part.values is not None]
+    return index, numpy.concatenate(values) if values else None  # a copy: reuse the parts at will
 
 
 def decode(
@@ -197,10 +247,17 @@ def decode(
         raise WireError(
             f"message from {who}: peer speaks wire version {version}, we speak {VERSION}"
         )
-    if len(head) != HEADER.size:
+    if len(head) < HEADER.size:
         raise WireError(f"message from {who}: header of {len(head)} bytes, expected {HEADER.size}")
-    _, _, mtype, sender, table, clock, begin, end, length, code, flags, crc = HEADER.unpack(head)
+    fields = HEADER.unpack(head[: HEADER.size])
+    _, _, mtype, sender, table, clock, begin, end, length, code, flags, crc = fields
     who = peer or f"sender {sender}"
+    parts = BODY.get(TYPES.get(mtype)) == "PARTS"
+    if parts and not (begin == 0 < end <= MAX_PARTS):
+        raise WireError(f"message from {who}: rows [{begin}, {end}) must be [0, n) parts")
+    want = HEADER.size + PART.size * end if parts else HEADER.size
+    if len(head) != want:
+        raise WireError(f"message from {who}: header of {len(head)} bytes, expected {want}")
     body = _bytes_of(frames[1], who) if len(frames) == 2 else memoryview(b"")
     if len(frames) != 1 + (length > 0) or len(body) != length:
         raise WireError(
@@ -210,6 +267,8 @@ def decode(
     if flags & ~PAYLOAD_CRC:
         raise WireError(f"message from {who}: unknown flags {flags:#x}")
     got = checksum(head[:CRC_SPAN])
+    if parts:
+        got = checksum(head[HEADER.size :], got)
     if flags & PAYLOAD_CRC:
         got = checksum(body, got)
     if got != crc:
@@ -223,10 +282,16 @@ def decode(
     problem = _check(header, length, code, tables)
     if problem:
         raise WireError(f"{header.type.name} from {who}: {problem}")
-    if not length:
-        return header, None
-    payload = numpy.frombuffer(body, dtype=DTYPES[code])
-    payload.flags.writeable = False  # a view of the received frame (may be unaligned: copy it out)
+    payload = None
+    if length:
+        payload = numpy.frombuffer(body, dtype=DTYPES[code])
+        payload.flags.writeable = False  # a view of the received frame (may be unaligned: copy)
+    if parts:
+        index = list(PART.iter_unpack(head[HEADER.size :]))
+        problem = _check_parts(header, index, length, code, tables)
+        if problem:
+            raise WireError(f"{header.type.name} from {who}: {problem}")
+        return header, _split(index, payload, tables)
     return header, payload
 
 
@@ -246,6 +311,8 @@ def _check(h: Header, length: int, code: int, tables: Mapping[int, TableShape] |
         return f"clock {h.clock} < -1"
     if (code == 0) != (length == 0) or (code and code not in DTYPES):
         return f"dtype code {code} with {length} payload bytes"
+    if body == "PARTS":
+        return ""  # the index is checked by _check_parts
     if body in ("ROWS", "RANGE"):
         return _check_rows(h, length, code, tables, with_values=body == "ROWS")
     if h.row_begin or h.row_end:
@@ -259,6 +326,49 @@ def _check(h: Header, length: int, code: int, tables: Mapping[int, TableShape] |
     if h.table and not (h.type == MsgType.CLOCK and (h.table == ALL_TABLES or _known(h, tables))):
         return f"table {h.table} on a message about no table"
     return ""
+
+
+def _check_parts(h: Header, index, length: int, code: int, tables) -> str:
+    """The first thing wrong with the index of a PARTS message (or "")."""
+    if h.table:
+        return f"table {h.table} on a message of parts"
+    dtype, total = DTYPES.get(code), 0
+    for i, (table, begin, end, clock) in enumerate(index):
+        where = f"part {i} (table {table})"
+        if not -1 <= clock <= h.clock or (h.type == MsgType.UPDATES and clock != h.clock):
+            return f"{where}: clock {clock}, message clock {h.clock}"
+        shape = tables.get(table) if tables is not None else None
+        if begin == end == 0:
+            if h.type != MsgType.UPDATES:
+                return f"{where}: no rows in a {h.type.name}"
+            if shape is None and table != ALL_TABLES:
+                return f"{where}: table is unknown here"
+            continue
+        if shape is None:
+            return f"{where}: table is unknown here"
+        rows = num_rows(shape)
+        if not 0 <= begin < end <= min(rows, MAX_ROWS):
+            return f"{where}: rows [{begin}, {end}) outside its {rows} rows"
+        if getattr(shape, "dtype", "float32") != dtype:
+            return f"{where}: payload of {dtype or 'nothing'}, the table holds {shape.dtype}"
+        total += values_of(shape, begin, end)
+    itemsize = numpy.dtype(dtype).itemsize if dtype else 0
+    if total * itemsize != length:
+        return f"{length} payload bytes for parts of {total} values"
+    return ""
+
+
+def _split(index, payload: numpy.ndarray | None, tables) -> list[Part]:
+    """The parts of a validated index, each with its view of the payload."""
+    parts, at = [], 0
+    for table, begin, end, clock in index:
+        if begin == end:
+            parts.append(Part(table, 0, 0, clock))
+            continue
+        stop = at + values_of(tables[table], begin, end)
+        parts.append(Part(table, begin, end, clock, payload[at:stop]))
+        at = stop
+    return parts
 
 
 def _known(h: Header, tables: Mapping[int, TableShape] | None) -> bool:

@@ -224,7 +224,7 @@ def test_strangers_and_liars_are_refused(ctx):
     old = bytearray(encode(liar)[0])
     old[4] = 1
     client.sockets[0].send(bytes(old))
-    with pytest.raises(WireError, match="peer speaks wire version 1, we speak 2"):
+    with pytest.raises(WireError, match="peer speaks wire version 1, we speak 3"):
         server.recv(5.0, "a HELLO")
     mallory.close()
     client.close()

@@ -16,9 +16,11 @@ from geeps_net.ps.wire import (
     CRC_SPAN,
     HEADER,
     MAGIC,
+    PART,
     VERSION,
     Header,
     MsgType,
+    Part,
     TableShape,
     checksum,
     decode,
@@ -43,17 +45,28 @@ def sample(mtype: MsgType) -> tuple[Header, numpy.ndarray | bytes | None]:
         return Header(mtype, 0, 7), numpy.array([300, 128], dtype="int64")
     if body == "NOTE":
         return Header(mtype, 1, 0, 3), "ünïcode line".encode()
+    if mtype == MsgType.UPDATES:  # rows 1..3 of table 7, then CLOCKs of table 7 and of all
+        parts = [Part(7, 1, 3, 41, rng.standard_normal(172).astype("float32"))]
+        parts += [Part(7, 0, 0, 41), Part(ALL_TABLES, 0, 0, 41)]
+        return Header(mtype, 2, 0, 41, 0, 3), parts
+    if body == "PARTS":  # rows 0 and 1..3 of table 7 at different data ages
+        parts = [Part(7, 0, 1, 40, rng.standard_normal(128).astype("float32"))]
+        parts += [Part(7, 1, 3, 41, rng.standard_normal(172).astype("float32"))]
+        return Header(mtype, 2, 0, 41, 0, 2), parts
     table = ALL_TABLES if mtype == MsgType.CLOCK else 0
     return Header(mtype, 2, table, 17), None
 
 
-def forge(payload: bytes = b"", **fields) -> list[bytes]:
-    """Frames with any raw header fields and a correct checksum, to reach checks behind the CRC."""
+def forge(payload: bytes = b"", parts=(), **fields) -> list[bytes]:
+    """Frames with any raw header fields and a correct checksum, to reach checks behind the CRC.
+    `parts`: index entries (table, row_begin, row_end, clock) after the header."""
     raw = dict(magic=MAGIC, version=VERSION, type=5, sender=2, table=7, clock=0, begin=0, end=1)
     raw.update(length=len(payload), dtype=1 if payload else 0, flags=1)
     raw.update(fields)
-    head = bytearray(HEADER.pack(*raw.values(), 0))
-    crc = checksum(payload if raw["flags"] else b"", checksum(head[:CRC_SPAN]))
+    index = b"".join(PART.pack(*part) for part in parts)
+    head = bytearray(HEADER.pack(*raw.values(), 0) + index)
+    crc = checksum(index, checksum(head[:CRC_SPAN]))
+    crc = checksum(payload if raw["flags"] else b"", crc)
     struct.pack_into("<I", head, CRC_SPAN, crc)
     return [bytes(head), payload] if payload else [bytes(head)]
 
@@ -66,10 +79,17 @@ def as_bytes(frames) -> list[bytes]:
 def test_round_trip_every_type(mtype):
     header, payload = sample(mtype)
     frames = encode(header, payload)
-    assert len(frames[0]) == HEADER.size == 56
+    parts = BODY[mtype] == "PARTS"
+    assert len(frames[0]) == HEADER.size + (PART.size * len(payload) if parts else 0)
     got, view = decode(as_bytes(frames), senders=SENDERS, tables=TABLES)
     assert got == header
-    if payload is None:
+    if parts:
+        assert [p[:4] for p in view] == [p[:4] for p in payload]
+        for mine, theirs in zip(view, payload, strict=True):
+            assert (mine.values is None) == (theirs.values is None)
+            assert mine.values is None or numpy.array_equal(mine.values, theirs.values)
+        assert frames[1] is not payload[0].values  # a copy: the sender may reuse its buffers
+    elif payload is None:
         assert view is None and len(frames) == 1
     else:
         want = numpy.frombuffer(payload, "uint8") if isinstance(payload, bytes) else payload
@@ -105,7 +125,7 @@ def test_float64_table_and_dtype_mismatch():
 @pytest.mark.parametrize(
     "frames, message",
     [
-        (forge(version=1), "peer speaks wire version 1, we speak 2"),
+        (forge(version=2), "peer speaks wire version 2, we speak 3"),
         (forge(magic=b"HTTP"), "not a geeps-net message"),
         (forge(type=99), "unknown message type 99"),
         (forge(sender=9), "sender 9 is not a member of this job"),
@@ -125,6 +145,22 @@ def test_float64_table_and_dtype_mismatch():
         (forge(ZEROS[:8], dtype=7), "dtype code 7 with 8 payload bytes"),
         (forge(dtype=1), "dtype code 1 with 0 payload bytes"),
         (forge(flags=4), "unknown flags 0x4"),
+        (forge(type=14, table=0, end=0), "rows [0, 0) must be [0, n) parts"),
+        (forge(type=14, table=0, end=2, parts=[(7, 0, 0, 0)]), "header of 88 bytes, expected 120"),
+        (forge(type=14, table=7, parts=[(7, 0, 0, 0)]), "table 7 on a message of parts"),
+        (forge(type=14, table=0, clock=3, parts=[(7, 0, 0, 2)]), "part 0 (table 7): clock 2,"),
+        (forge(type=15, table=0, clock=3, parts=[(7, 0, 0, 2)]), "no rows in a PUSHES"),
+        (forge(type=15, table=0, clock=3, parts=[(7, 0, 1, 4)]), "part 0 (table 7): clock 4"),
+        (forge(type=14, table=0, parts=[(8, 0, 0, 0)]), "part 0 (table 8): table is unknown"),
+        (forge(type=14, table=0, parts=[(7, 2, 4, 0)]), "rows [2, 4) outside its 3 rows"),
+        (
+            forge(ZEROS[:8], type=14, table=0, parts=[(9, 0, 1, 0)]),
+            "part 0 (table 9): payload of float32, the table holds float64",
+        ),
+        (
+            forge(ZEROS[:508], type=14, table=0, end=2, parts=[(7, 0, 0, 0), (7, 0, 1, 0)]),
+            "508 payload bytes for parts of 128 values",
+        ),
     ],
 )
 def test_each_validation_names_the_fault(frames, message):
@@ -223,6 +259,20 @@ def messages(draw):
         payload = numpy.array([shape.num_values, row_size], dtype="int64")
     elif body == "NOTE":
         payload = draw(st.binary(max_size=24))
+    elif body == "PARTS":
+        payload = []
+        for _ in range(draw(st.integers(1, 3))):
+            begin = draw(st.integers(0, rows - 1))
+            end = draw(st.integers(begin + 1, rows))
+            if mtype == MsgType.UPDATES and draw(st.booleans()):  # a CLOCK
+                payload.append(Part(draw(st.sampled_from([table, ALL_TABLES])), 0, 0, clock))
+                continue
+            age = clock if mtype == MsgType.UPDATES else draw(st.integers(-1, clock))
+            count = min(end * row_size, shape.num_values) - begin * row_size
+            raw = draw(st.binary(min_size=count * 8, max_size=count * 8))
+            values = numpy.frombuffer(raw, shape.dtype)[:count].copy()
+            payload.append(Part(table, begin, end, age, values))
+        fields["row_end"] = len(payload)
     elif mtype == MsgType.CLOCK:
         fields["table"] = draw(st.sampled_from([0, ALL_TABLES, table]))
     return {table: shape}, as_bytes(encode(Header(mtype, sender, **fields), payload))
@@ -262,7 +312,8 @@ def mutate(draw, frames: list[bytes]) -> tuple[str, list[bytes]]:
         high = 2 ** (bits - 1) - 1 if fmt == "<q" else 2**bits - 1
         struct.pack_into(fmt, out[0], offset, draw(st.integers(low, high)))
         body = out[1] if len(out) > 1 else b""
-        crc = checksum(body, checksum(out[0][:CRC_SPAN]))
+        crc = checksum(out[0][HEADER.size :], checksum(out[0][:CRC_SPAN]))  # PARTS: the index
+        crc = checksum(body, crc)
         struct.pack_into("<I", out[0], CRC_SPAN, crc)
     return kind, [bytes(f) for f in out]
 
