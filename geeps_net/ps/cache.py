@@ -100,7 +100,7 @@ class ParamCache:
         """Shard callback (any thread): record newer values of a range."""
         with self.cond:
             if push.table >= len(self.tables):  # another worker created the table first
-                self.early.append(Push(push.table, push.range, push.values.copy(), push.data_age))
+                self.early.append(self._kept(push))
                 return
             table = self.tables[push.table]
             i = table.index[push.range.row_start]
@@ -109,10 +109,15 @@ class ParamCache:
             if self.exact:
                 table.ages[i] = push.data_age
             else:
-                table.pending.append(
-                    Push(push.table, push.range, push.values.copy(), push.data_age)
-                )
+                table.pending.append(self._kept(push))
             self.cond.notify_all()
+
+    @staticmethod
+    def _kept(push: Push) -> Push:
+        """`push` with values of its own (a copy unless they never change)."""
+        if push.fresh:
+            return push
+        return Push(push.table, push.range, push.values.copy(), push.data_age)
 
     def _apply_pending(self, table: TableCache) -> None:
         """Install pending pushes (caller holds cond): values, then own updates they lack."""

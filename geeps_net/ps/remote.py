@@ -330,7 +330,7 @@ class RemoteShards(Component):
     def _push(self, server: int, part: Part) -> None:
         rng = next(r for r in self.tables[part.table] if r.row_start == part.row_begin)
         if self._deliver is not None:  # without a subscriber only the age is kept
-            self._deliver(Push(part.table, rng, part.values, part.clock))
+            self._deliver(Push(part.table, rng, part.values, part.clock, fresh=True))
         ages = self.ages[part.table]
         ages[part.row_begin] = max(ages[part.row_begin], part.clock)
         self.pushed[server] = max(self.pushed[server], part.clock)

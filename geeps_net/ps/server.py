@@ -34,12 +34,16 @@ ServerRule = Callable[[int, RowRange, numpy.ndarray, numpy.ndarray, int], None]
 
 @dataclass(frozen=True)
 class Push:
-    """New values of one row range of a table, including every worker's updates up to `data_age`."""
+    """New values of one row range of a table, including every worker's updates up to `data_age`.
+
+    `fresh`: the values never change (a received frame): a receiver may keep them without a copy.
+    """
 
     table: int
     range: RowRange
     values: numpy.ndarray
     data_age: int
+    fresh: bool = False
 
 
 class TabletServer:
@@ -80,9 +84,17 @@ class TabletServer:
         return self._pushes(table, self.data_age(table))
 
     def apply_update(
-        self, worker: int, table: int, clock: int, rows: RowRange, delta: numpy.ndarray
+        self,
+        worker: int,
+        table: int,
+        clock: int,
+        rows: RowRange,
+        delta: numpy.ndarray,
+        copy: bool = True,
     ) -> None:
-        """Take `worker`'s delta for `rows` at `clock`; applied once every worker finished it."""
+        """Take `worker`'s delta for `rows` at `clock`; applied once every worker finished it.
+
+        copy=False keeps `delta` itself until then (it must not change: a received frame)."""
         done = self.clocks[table][worker]
         if clock != done:
             raise PsError(
@@ -93,7 +105,8 @@ class TabletServer:
             self.master[table, rows.row_start] += delta  # nothing to wait for or to order
             return
         slot = self.pending.setdefault((table, rows.row_start, clock), {})
-        slot[worker] = numpy.array(delta, dtype="float32")  # the sender reuses its buffer
+        # a caller that reuses its buffer needs the copy; copy=None copies only to convert
+        slot[worker] = numpy.array(delta, dtype="float32", copy=copy or None)
 
     def clock(self, worker: int, table: int, clock: int) -> list[Push]:
         """`worker` finished `clock` of `table`; the pushes if the minimum clock advanced."""

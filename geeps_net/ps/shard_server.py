@@ -212,7 +212,7 @@ class ShardServer(Component):
                 pushes += self._finish(msg.peer, part.table, part.clock)
                 continue
             rng = self._range_of(msg.peer, "UPDATE", part.table, part.row_begin, part.row_end)
-            self.tablet.apply_update(msg.peer, part.table, part.clock, rng, part.values)
+            self.tablet.apply_update(msg.peer, part.table, part.clock, rng, part.values, copy=False)
         if pushes:
             self._send_pushes(pushes)
 
