@@ -45,9 +45,30 @@ from geeps_net.ps.peer import Component, RemoteFailure, endpoint_options
 from geeps_net.ps.server import Push
 from geeps_net.ps.shard_server import ShardServer
 from geeps_net.ps.tables import Directory, RowRange
-from geeps_net.ps.wire import ALL_TABLES, Header, MsgType, Part, TableShape, note
+from geeps_net.ps.wire import ALL_TABLES, Header, MsgType, Packed, Part, TableShape, note
 
 __all__ = ["RemoteShards", "ShardServer"]
+
+
+class _Batch:
+    """The parts of one UPDATES being gathered, their values copied into `buffer` in order."""
+
+    def __init__(self, clock: int, capacity: int) -> None:
+        self.clock, self.parts, self.used = clock, [], 0
+        self.buffer = numpy.empty(capacity, dtype="float32")
+
+    def add(self, part: Part, values: numpy.ndarray | None) -> None:
+        if values is not None:
+            end = self.used + values.size
+            if end > self.buffer.size:  # a table created since the batch began
+                more = numpy.empty(max(values.size, self.buffer.size), dtype="float32")
+                self.buffer = numpy.concatenate([self.buffer[: self.used], more])
+            self.buffer[self.used : end] = values  # the one copy: the caller reuses its buffer
+            self.used = end
+        self.parts.append(part)
+
+    def packed(self) -> Packed:
+        return Packed(self.parts, self.buffer[: self.used] if self.used else None)
 
 
 class RemoteShards(Component):
@@ -74,8 +95,9 @@ class RemoteShards(Component):
         self.pushed = dict.fromkeys(range(config.num_servers), -1)  # server -> its last data age
         self._deliver = None
         self._outbox: deque = deque()
-        self._batches: dict[tuple[int, int], tuple[int, list[Part]]] = {}  # (server, channel) ->
-        self._batch_lock = threading.Lock()  # (clock, parts) not yet in the outbox
+        self._batches: dict[tuple[int, int], _Batch] = {}  # (server, channel) -> not yet sent
+        self._batch_lock = threading.Lock()
+        self._capacity: dict[tuple[int, int], int] = {}  # (server, channel) -> values of tables
         self._cond = threading.Condition()
         self._answered: set[tuple[int, int]] = set()
         self._replies: dict[tuple[int, int], numpy.ndarray] = {}
@@ -108,6 +130,10 @@ class RemoteShards(Component):
         self.tables[table] = ranges
         self.ages[table] = {rng.row_start: -2 for rng in ranges}
         self.clocked[table] = -1
+        with self._batch_lock:
+            for rng in ranges:
+                key = (rng.shard, table % self.config.num_channels)
+                self._capacity[key] = self._capacity.get(key, 0) + rng.value_stop - rng.value_start
         spec = numpy.array([num_values, self.config.row_size], dtype="int64")
         for shard in sorted({rng.shard for rng in ranges}):
             self._queue(shard, Header(MsgType.CREATE, self.worker_id, table), spec)
@@ -129,11 +155,11 @@ class RemoteShards(Component):
     def push_update(self, worker: int, table: int, clock: int, delta: numpy.ndarray) -> None:
         """This worker's whole-table delta of `clock`, cut into ranges (copied: the caller reuses
         its buffer); sent with the clock's UPDATES."""
-        values = self._values(MsgType.UPDATE, table, delta).copy()
+        values = self._values(MsgType.UPDATE, table, delta)
         channel = table % self.config.num_channels
         for rng in self.tables[table]:
-            part = Part(table, rng.row_start, rng.row_stop, clock, values[rng.values])
-            self._gather(rng.shard, channel, part)
+            part = Part(table, rng.row_start, rng.row_stop, clock)
+            self._gather(rng.shard, channel, part, values[rng.values])
 
     def clock(self, worker: int, table: int, clock: int) -> None:
         """This worker finished `clock` of `table`: tell every server holding part of it. Once
@@ -200,27 +226,29 @@ class RemoteShards(Component):
             )
         return values
 
-    def _gather(self, server: int, channel: int, part: Part) -> None:
-        """Add `part` to the UPDATES of (server, channel); one of another clock goes out first."""
+    def _gather(self, server: int, channel: int, part: Part, values=None) -> None:
+        """Add `part` (and a copy of its `values`) to the UPDATES of (server, channel); one of
+        another clock goes out first."""
         with self._batch_lock:
-            clock, parts = self._batches.get((server, channel), (part.clock, None))
-            if parts is not None and clock != part.clock:
-                self._post(server, channel, self._updates(clock, parts))
-                parts = None
-            if parts is None:
-                self._batches[server, channel] = (part.clock, [part])
-            else:
-                parts.append(part)
+            batch = self._batches.get((server, channel))
+            if batch is not None and batch.clock != part.clock:
+                self._post(server, channel, self._updates(batch))
+                batch = None
+            if batch is None:
+                capacity = self._capacity.get((server, channel), 0)
+                batch = self._batches[server, channel] = _Batch(part.clock, capacity)
+            batch.add(part, values)
 
     def _seal(self) -> None:
         """Queue every gathered UPDATES (server, then channel order)."""
         with self._batch_lock:
-            for (server, channel), (clock, parts) in sorted(self._batches.items()):
-                self._post(server, channel, self._updates(clock, parts))
+            for (server, channel), batch in sorted(self._batches.items()):
+                self._post(server, channel, self._updates(batch))
             self._batches.clear()
 
-    def _updates(self, clock: int, parts: list[Part]) -> tuple[Header, list[Part]]:
-        return Header(MsgType.UPDATES, self.worker_id, clock=clock, row_end=len(parts)), parts
+    def _updates(self, batch: _Batch) -> tuple[Header, Packed]:
+        head = Header(MsgType.UPDATES, self.worker_id, clock=batch.clock, row_end=len(batch.parts))
+        return head, batch.packed()
 
     def _queue(self, server: int, header: Header, payload=None, channel: int | None = None):
         if channel is None:

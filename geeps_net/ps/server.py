@@ -136,8 +136,12 @@ class TabletServer:
             for worker in sorted(deltas):
                 master += deltas[worker]
             return
-        total = deltas[min(deltas)].copy()
-        for worker in sorted(deltas)[1:]:
+        order = sorted(deltas)
+        if len(order) == 1:
+            total = deltas[order[0]].copy()
+        else:  # the first add writes the sum: no copy of the first delta (same float32 sums)
+            total = numpy.add(deltas[order[0]], deltas[order[1]])
+        for worker in order[2:]:
             total += deltas[worker]
         if self.num_workers > 1:
             total /= numpy.float32(self.num_workers)

@@ -15,7 +15,7 @@ from geeps_net.ps.peer import AGREE, Component, RemoteFailure, endpoint_options
 from geeps_net.ps.server import Push, ServerRule, TabletServer
 from geeps_net.ps.tables import Directory, RowRange
 from geeps_net.ps.transport import shard_inproc_urls
-from geeps_net.ps.wire import ALL_TABLES, MsgType, Part, TableShape, note
+from geeps_net.ps.wire import ALL_TABLES, MsgType, Part, TableShape, note, pack
 
 
 class _ServerEndpoint(ServerEndpoint):
@@ -252,18 +252,22 @@ class ShardServer(Component):
                 self._send_push(Push(table, rng, self.tablet.master[table, start], age), workers)
 
     def _send_pushes(self, pushes: list[Push]) -> None:
-        """One PUSHES per (worker, channel) with the values of `pushes` (encode copies them into
-        its frame: the master changes on)."""
+        """One PUSHES per (worker, channel) with the values of `pushes`, copied (the master
+        changes on) once for all the workers that get the same parts."""
         groups: dict[tuple[int, int], list[Part]] = defaultdict(list)
         for push in pushes:
-            part = Part(push.table, push.range.row_start, push.range.row_stop, push.data_age)
-            part = part._replace(values=push.values)
+            rng = push.range
+            part = Part(push.table, rng.row_start, rng.row_stop, push.data_age, push.values)
             for worker in self.created.get(push.table, ()):
                 groups[worker, push.table % self.config.num_channels].append(part)
+        packed = {}  # (channel, parts' tables and rows) -> those parts packed
         for (worker, channel), parts in sorted(groups.items()):
             clock = max(part.clock for part in parts)
             head = self.ep.header(MsgType.PUSHES, clock=clock, row_end=len(parts))
-            self._send_to(worker, head, parts, channel)
+            key = (channel, *((part.table, part.row_begin) for part in parts))
+            if key not in packed:
+                packed[key] = pack(parts)
+            self._send_to(worker, head, packed[key], channel)
 
     def _send_to(self, worker: int, head, payload, channel: int) -> None:
         if worker in self.ep.departed or worker in self.unreachable:

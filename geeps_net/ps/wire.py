@@ -117,6 +117,20 @@ class Part(NamedTuple):
     values: numpy.ndarray | None = None
 
 
+class Packed(NamedTuple):
+    """A PARTS payload whose values are already concatenated in index order (`values`, one
+    buffer sent as it is, zero-copy); the parts' own `values` are ignored."""
+
+    parts: Sequence[Part]
+    values: numpy.ndarray | None
+
+
+def pack(parts: Sequence[Part]) -> Packed:
+    """`parts` with their values copied into one new buffer, to encode once or many times."""
+    values = [part.values for part in parts if part.values is not None]
+    return Packed(parts, numpy.concatenate(values) if values else None)
+
+
 @dataclass(frozen=True)
 class Header:
     """The fields a sender chooses; payload length, dtype and checksum are derived by encode."""
@@ -164,7 +178,7 @@ def num_rows(shape: TableShape) -> int:
 
 def encode(
     header: Header,
-    payload: numpy.ndarray | bytes | Sequence[Part] | None = None,
+    payload: numpy.ndarray | bytes | Sequence[Part] | Packed | None = None,
     *,
     payload_crc: bool = True,
 ) -> Frames:
@@ -172,7 +186,8 @@ def encode(
 
     A PARTS message (UPDATES, PUSHES) takes a list of Part as `payload` and header.row_end ==
     len(parts): the index goes after the header, the parts' values are concatenated into a new
-    payload (a copy, so the caller may change them once encode returns).
+    payload (a copy, so the caller may change them once encode returns); or a Packed, whose
+    values go as they are.
 
     `payload` must be C-contiguous host memory (stage a CuPy array first). The caller must not write
     to it until the send is done: zmq reads it after send returns (a later change fails the CRC).
@@ -208,6 +223,8 @@ def encode(
 
 def _pack_parts(header: Header, parts) -> tuple[bytes, numpy.ndarray | None]:
     """(index bytes, concatenated values or None) of a PARTS message."""
+    packed = parts if isinstance(parts, Packed) else None
+    parts = packed.parts if packed is not None else parts
     if not isinstance(parts, Sequence) or header.row_begin or header.row_end != len(parts):
         n = len(parts) if isinstance(parts, Sequence) else "no list of"
         raise WireError(
@@ -218,8 +235,7 @@ def _pack_parts(header: Header, parts) -> tuple[bytes, numpy.ndarray | None]:
         index = b"".join(PART.pack(*part[:4]) for part in parts)
     except struct.error as e:
         raise WireError(f"encode {header.type.name} from sender {header.sender}: {e}") from None
-    values = [part.values for part in parts if part.values is not None]
-    return index, numpy.concatenate(values) if values else None  # a copy: reuse the parts at will
+    return index, (packed or pack(parts)).values  # pack copies: the parts may change after
 
 
 def decode(

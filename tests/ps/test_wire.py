@@ -26,6 +26,7 @@ from geeps_net.ps.wire import (
     decode,
     encode,
     note,
+    pack,
 )
 
 ZEROS = bytes(1024)
@@ -104,6 +105,16 @@ def test_payload_is_a_view_and_note_decodes():
     assert numpy.shares_memory(view, payload)  # no copy on either side
     _, text = decode(encode(*sample(MsgType.ERROR)), senders=SENDERS)
     assert note(text) == "ünïcode line" and note(None) == ""
+
+
+def test_packed_parts_go_as_they_are():
+    header, parts = sample(MsgType.PUSHES)
+    packed = pack(parts)
+    frames = encode(header, packed)
+    assert frames[1] is packed.values  # zero-copy, like an array payload
+    assert as_bytes(frames) == as_bytes(encode(header, parts))
+    _, got = decode(as_bytes(frames), senders=SENDERS, tables=TABLES)
+    assert numpy.array_equal(got[1].values, parts[1].values) and not got[1].values.flags.writeable
 
 
 def test_table_spec_is_accepted_as_a_shape():
