@@ -268,3 +268,39 @@ def test_silence_limit_and_verdict_name_the_peer():
     assert "worker 1 stops for the test" in str(shards[0].error)
     for s in shards:
         s.close()
+
+
+def test_a_clock_travels_as_one_updates_per_server_and_channel():
+    """The deltas and CLOCKs of a clock are held until every table finished it, then go as one
+    UPDATES per channel (the CLOCK of ALL_TABLES on channel 0); the values arrive intact."""
+    cfg = config(num_servers=1, num_channels=2, update_rule="SUM")
+    server = ShardServer(cfg, 0, 1, tcp_urls("127.0.0.1", 0, 2))
+    seen, apply = [], server.handlers[MsgType.UPDATES]
+    server.handlers[MsgType.UPDATES] = lambda msg: (seen.append(msg), apply(msg))
+    server.start()
+    shards = RemoteShards(cfg, 0, 1, [server.urls])
+    try:
+        sizes = {0: 40, 1: 20, 2: 20}
+        for table, size in sizes.items():
+            shards.create_table(table, size)
+            shards.write_initial(table, numpy.arange(size, dtype="float32"))
+        for table in (0, 1):
+            shards.push_update(0, table, 0, numpy.ones(sizes[table], "float32"))
+            shards.clock(0, table, 0)
+        time.sleep(0.1)
+        assert not seen  # table 2 has not finished clock 0
+        shards.clock(0, 2, 0)
+        end = time.monotonic() + 5.0
+        while len(seen) < 2 and time.monotonic() < end:
+            time.sleep(0.002)
+        assert sorted(msg.channel for msg in seen) == [0, 1] and len(seen) == 2
+        for msg in seen:
+            assert msg.header.clock == 0
+            tables = {part.table for part in msg.payload}
+            assert tables == ({0, 2, 0xFFFFFFFF} if msg.channel == 0 else {1})
+        for table, size in sizes.items():
+            want = numpy.arange(size) + (table != 2)
+            assert numpy.array_equal(shards.read_table(table), want)
+    finally:
+        shards.close()
+        server.join()
