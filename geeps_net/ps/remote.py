@@ -54,11 +54,13 @@ class _Batch:
     """The parts of one UPDATES being gathered, their values copied into `buffer` in order."""
 
     def __init__(self, clock: int, capacity: int) -> None:
-        self.clock, self.parts, self.used = clock, [], 0
-        self.buffer = numpy.empty(capacity, dtype="float32")
+        self.clock, self.parts, self.used, self.capacity = clock, [], 0, capacity
+        self.buffer = numpy.empty(0, dtype="float32")  # allocated with the first values
 
     def add(self, part: Part, values: numpy.ndarray | None) -> None:
         if values is not None:
+            if not self.buffer.size:
+                self.buffer = numpy.empty(max(self.capacity, values.size), dtype="float32")
             end = self.used + values.size
             if end > self.buffer.size:  # a table created since the batch began
                 more = numpy.empty(max(values.size, self.buffer.size), dtype="float32")
