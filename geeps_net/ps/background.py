@@ -153,6 +153,18 @@ class Background:
         self.submitted += 1
         self.queue.put(work)
 
+    def run_now(self, work: Work) -> None:
+        """Do the reclaimer's part of `work` on the caller's thread (Client._inline_tables); a
+        failure stops the client as a reclaimer failure would."""
+        try:
+            self._process(work)
+        except BaseException as e:  # noqa: BLE001 - reported as the reclaimer's would be
+            if self.error is None:
+                self.error = e
+                log.error("PS update of %s: %s", work.key, e)
+            self._wake()
+        self.check()
+
     def set_clock(self, clock: int) -> None:
         """The application entered `clock`: lets the allocator prepare `clock + 1`."""
         with self.cond:
@@ -255,12 +267,15 @@ class Background:
                 continue
             if work is None:
                 return
-            start = time.perf_counter()
-            getattr(self, f"_do_{work.action}")(work)
-            self.reclaim_s += time.perf_counter() - start
+            self._process(work)
             with self.cond:
                 self.processed += 1
                 self.cond.notify_all()
+
+    def _process(self, work: Work) -> None:
+        start = time.perf_counter()
+        getattr(self, f"_do_{work.action}")(work)
+        self.reclaim_s += time.perf_counter() - start
 
     def _free(self, handle: Handle) -> None:
         if handle.offset is not None:
