@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 
 import numpy
@@ -29,6 +30,9 @@ from geeps_net.ps.transport import Options
 from geeps_net.solvers import LrState, create_update_rule, learning_rate
 
 log = logging.getLogger("geeps_net.cli")
+
+
+HISTORY_NAME = re.compile(r"t(?P<t>\d+)_r(?P<r>\d+)_h(?P<k>\d+)")  # ServerSideRule.save's names
 
 
 class ServerSideRule:
@@ -97,15 +101,14 @@ class ServerSideRule:
 
     def load(self, path: str) -> None:
         """Put back what `save` wrote (before the first update arrives)."""
-        n = self.rule.num_history
-        history: dict[tuple[int, int], list] = {}
-        try:
-            for name, values in checkpoint.read_arrays(path).items():
-                table, row, k = (int(part[1:]) for part in name.split("_"))
-                history.setdefault((table, row), [None] * n)[k] = values
-        except (ValueError, IndexError):
-            history = {(): [None]}  # a foreign array name
-        if any(h is None for entry in history.values() for h in entry):
+        n, history = self.rule.num_history, {}
+        for name, values in checkpoint.read_arrays(path).items():
+            m = HISTORY_NAME.fullmatch(name)
+            if m is None or int(m["k"]) >= n:
+                history = None
+                break
+            history.setdefault((int(m["t"]), int(m["r"])), [None] * n)[int(m["k"])] = values
+        if history is None or any(h is None for entry in history.values() for h in entry):
             raise PsError(f"{path}: not the history of a {self.param.type or 'SGD'} solver")
         self.history = history
 

@@ -362,10 +362,10 @@ class Solver:
         Path(base).parent.mkdir(parents=True, exist_ok=True)
         model = f"{base}.caffemodel{ext}"
         state = checkpoint.worker_state_path(f"{base}.solverstate{ext}", self.worker)
-        if self.num_workers > 1:
-            self.trainer.settle()  # every worker's updates of the clocks before this one are in
         if self.is_root:
-            self._write_model(model)
+            self._write_model(model)  # param_arrays settles: every worker's earlier updates are in
+        elif self.num_workers > 1:
+            self.trainer.settle()  # the same wait: our shards' SERVER history is then at this clock
         write_solverstate(
             state, self.iter, model, self.trainer.history_arrays(), self.lr_state.current_step
         )

@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
-from bench_train import bench_net_param, random_batch, solver_param
+from bench_train import NETS, bench_net_param, random_batch, solver_param
 
+from geeps_net.backend import set_threads
 from geeps_net.ps.config import Config
 from geeps_net.solver import Solver
 from geeps_net.worker import ps_trainer_factory
+
+
+def parse_args(argv, doc: str, iters: int, warmup: int, add=None):
+    """The PS benchmarks' shared flags (--nets, --iters, --warmup, --repeats, --threads), with
+    `add(parser)` for a benchmark's own; BLAS threads are set as --threads says."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--nets", nargs="+", default=["lenet", "cifar10_quick"], choices=NETS)
+    if add is not None:
+        add(parser)
+    parser.add_argument("--iters", type=int, default=iters)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    return args
 
 
 def make_solver(name: str, config: Config | None, batch: int | None = None) -> Solver:

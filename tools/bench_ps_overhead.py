@@ -8,7 +8,6 @@ prints images/s of each and `overhead <net> = X.X%` (target <= 3%).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -16,22 +15,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_ps_common import make_solver, time_iterations  # noqa: E402
+from bench_ps_common import make_solver, parse_args, time_iterations  # noqa: E402
 from bench_train import NETS  # noqa: E402
 
-from geeps_net.backend import set_threads  # noqa: E402
 from geeps_net.ps.config import Config  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nets", nargs="+", default=["lenet", "cifar10_quick"], choices=NETS)
-    parser.add_argument("--iters", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
-    set_threads(args.threads)
+    args = parse_args(argv, __doc__, iters=30, warmup=5)
     for name in args.nets:
         batch = NETS[name][1]
         seconds = {"no PS": [], "PS": []}

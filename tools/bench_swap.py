@@ -11,7 +11,6 @@ prefetch of the next op's data); one below even that minimum is raised to it (an
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -19,10 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_ps_common import make_solver, time_iterations, unlimited_plan  # noqa: E402
-from bench_train import NETS  # noqa: E402
+from bench_ps_common import make_solver, parse_args, time_iterations, unlimited_plan  # noqa: E402
 
-from geeps_net.backend import set_threads  # noqa: E402
 from geeps_net.ps.config import Config  # noqa: E402
 
 MIB = 2**20
@@ -39,15 +36,10 @@ def measure(name, budget, args, level=1):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nets", nargs="+", default=["lenet", "cifar10_quick"], choices=NETS)
-    parser.add_argument("--fractions", nargs="+", type=float, default=[1.0, 0.5, 0.35])
-    parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
-    set_threads(args.threads)
+    def fractions(parser):
+        parser.add_argument("--fractions", nargs="+", type=float, default=[1.0, 0.5, 0.35])
+
+    args = parse_args(argv, __doc__, iters=10, warmup=3, add=fractions)
     for name in args.nets:
         plan = unlimited_plan(name)
         full, smallest, least = plan.total_bytes, plan.min_budget, plan.min_budget_at(0)

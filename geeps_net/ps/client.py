@@ -219,19 +219,7 @@ class Client:
 
     def read(self, table: int):
         """Parameter values fresh enough for the slack: a 1-D float32 buffer of the whole table."""
-        key = ("param", table)
-        if self._mode != RUNNING:
-            return self._record(Op("read", key))
-        start, i = time.perf_counter(), self._match("read", key)
-        if i < 0:
-            return slowpath.acquire(self, "read", key, start)
-        if self.plan.pooled[i]:
-            handle, waited = self._take(i)
-        else:
-            tc = self.cache.tables[table]
-            waited = self._waiting(self.cache.wait_fresh, tc, self._clock)
-            handle = Handle(tc.data, i, self._clock)
-        return self._hand_out("read", key, handle, start, waited)
+        return self._acquire_table("read", table)
 
     def post_read(self, table: int) -> None:
         """Release the buffer of the matching read."""
@@ -239,19 +227,26 @@ class Client:
 
     def pre_update(self, table: int):
         """A zeroed 1-D float32 buffer of the whole table for this iteration's update."""
+        return self._acquire_table("pre_update", table)
+
+    def _acquire_table(self, kind: str, table: int):
+        """read or pre_update: a pool block the allocator prepared, or the resident table's data
+        (once fresh) or update log (once the last clock's update left it)."""
         key = ("param", table)
         if self._mode != RUNNING:
-            return self._record(Op("pre_update", key))
-        start, i = time.perf_counter(), self._match("pre_update", key)
+            return self._record(Op(kind, key))
+        start, i = time.perf_counter(), self._match(kind, key)
         if i < 0:
-            return slowpath.acquire(self, "pre_update", key, start)
+            return slowpath.acquire(self, kind, key, start)
         if self.plan.pooled[i]:
             handle, waited = self._take(i)
         else:
-            tc = self.cache.tables[table]
-            waited = self._waiting(self.cache.wait_log, tc, self._clock)
-            handle = Handle(tc.log, i, self._clock, is_log=True)
-        return self._hand_out("pre_update", key, handle, start, waited)
+            tc, reading = self.cache.tables[table], kind == "read"
+            wait = self.cache.wait_fresh if reading else self.cache.wait_log
+            waited = self._waiting(wait, tc, self._clock)
+            buf = tc.data if reading else tc.log
+            handle = Handle(buf, i, self._clock, is_log=not reading)
+        return self._hand_out(kind, key, handle, start, waited)
 
     def update(self, table: int) -> None:
         """Hand the pre_update buffer back: params += buffer (float32) at the table's clock."""
