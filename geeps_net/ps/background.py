@@ -71,6 +71,9 @@ class Background:
         self.error: BaseException | None = None
         self.blocked = None  # allocator: f(deadline) -> one line on what it is waiting for
         self.stopping = False
+        # The application thread: if it ends without close() (a script that forgot it), nothing
+        # would ever stop these non-daemon threads and the interpreter would wait at exit forever.
+        self.owner = threading.current_thread()
         self.fresh_wait_s = self.reclaim_s = self.send_s = self.update_s = self._last_send = 0.0
         self.threads = [
             threading.Thread(target=self._run, args=(self._allocate,), name="ps-allocator"),
@@ -193,6 +196,10 @@ class Background:
                 self.check()
                 self.cond.wait(POLL_S)
 
+    def abandoned(self) -> bool:
+        """True once the application thread ended without closing the client."""
+        return not self.owner.is_alive()
+
     # ---- allocator ----------------------------------------------------------------------------
 
     def _allocate(self) -> None:
@@ -260,9 +267,15 @@ class Background:
     def _reclaim(self) -> None:
         while True:
             try:
-                work = self.queue.get(timeout=self.deadline)
+                work = self.queue.get(timeout=POLL_S)
             except queue.Empty:
                 if self.stopping:
+                    return
+                if self.abandoned():  # nobody will call stop(): end both threads ourselves
+                    log.warning("PS client was never closed; its threads stop with the caller")
+                    self.stopping = True
+                    self.c.pool.close()
+                    self._wake()
                     return
                 continue
             if work is None:

@@ -184,7 +184,8 @@ class Client:
         return self.host.array((spec.key, part), spec.num_values, spec.dtype)
 
     def start_iterations(self) -> None:
-        """Start the allocator and reclaimer threads; real iterations may begin."""
+        """Start the allocator and reclaimer threads; real iterations may begin. Call it from the
+        thread that runs them: should that thread end without close(), the threads stop too."""
         self._need(PLANNED, "start_iterations")
         if self.worker_id == 0:
             missing = [t.spec.name for t in self.cache.tables if not t.initialized]

@@ -243,3 +243,25 @@ def test_misuse_is_a_clear_error(caplog):
     with pytest.raises(PsError, match="only allowed before start_iterations"):
         client.write_initial(w, numpy.ones(10))
     client.close()
+
+
+def test_threads_stop_when_the_application_thread_ends_unclosed(caplog):
+    """A script that never calls close() must not keep the interpreter waiting at exit for the
+    PS's non-daemon threads: they stop once the thread that started the iterations is gone."""
+    cfg = Config(deadline_s=10.0, heartbeat_s=1.0, row_size=16)
+    client = Client(cfg, LocalShards(cfg))
+
+    def application():
+        api = start(client)
+        for t in range(3):
+            step(api, 0, t)
+
+    with caplog.at_level(logging.WARNING, logger="geeps_net.ps"):
+        thread = threading.Thread(target=application)
+        thread.start()
+        thread.join(30)
+        for background in client._bg.threads:
+            background.join(5)
+    assert not any(t.is_alive() for t in client._bg.threads)
+    assert "never closed" in caplog.text
+    client.close()
