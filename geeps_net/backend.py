@@ -109,6 +109,11 @@ def _chunk_threads() -> _ChunkThreads:
     return _ChunkThreads(max(blas, default=1))
 
 
+def chunk_threads(xp) -> int:
+    """How many threads split_work runs on with `xp` (1 with CuPy: one stream does it all)."""
+    return _chunk_threads().n if xp is numpy else 1
+
+
 def split_work(xp, work, items: list) -> list:
     """Run work(part) on every CPU thread at once, each part a fixed, contiguous share of
     `items` in order; returns the parts' results in part order, leaving out None.

@@ -17,7 +17,7 @@ import numpy
 
 from geeps_net.backend import split_work
 from geeps_net.layer import Layer, enum_name, register
-from geeps_net.layers.im2col import window_range
+from geeps_net.layers.im2col import batch_chunks, window_range
 from geeps_net.proto import caffe_pb2
 
 FLT_MAX = float(numpy.finfo(numpy.float32).max)  # Caffe starts every MAX window at -FLT_MAX
@@ -74,10 +74,11 @@ def mask_dtype(geom: PoolGeometry):
 
 
 def _blocks(num: int, channels: int, plane: int, budget: int):
-    """(images, channels) index pairs that cut (N, C, plane) into blocks of ~`budget` elements."""
+    """(images, channels) index pairs that cut (N, C, plane) into blocks of ~`budget` elements;
+    whole images as even as batch_chunks makes them (a multiple of the threads)."""
     if channels * plane <= budget:
-        step = budget // (channels * plane)
-        return [(slice(n, n + step), slice(None)) for n in range(0, num, step)]
+        images = batch_chunks(numpy, num, channels * plane, budget)
+        return [(slice(n0, n1), slice(None)) for n0, n1 in images]
     step = max(1, budget // plane)
     return [
         (slice(n, n + 1), slice(c, c + step)) for n in range(num) for c in range(0, channels, step)

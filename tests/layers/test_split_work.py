@@ -1,4 +1,4 @@
-"""backend.split_work, the CPU threads that layers' chunks of images run on."""
+"""backend.split_work and batch_chunks: the CPU threads that layers' chunks of images run on."""
 
 import threading
 import time
@@ -8,6 +8,7 @@ import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import geeps_net.backend as backend
+from geeps_net.layers.im2col import batch_chunks
 
 
 def _blas_threads() -> list[int]:
@@ -78,3 +79,15 @@ def test_an_error_waits_for_the_helpers(two_threads):
     with pytest.raises(ValueError, match="a chunk failed"):
         backend.split_work(numpy, work, list(range(50)))
     assert len(finished) == 1  # the helper finished its share and was waited for
+
+
+def test_image_chunks_are_even_and_a_multiple_of_the_threads(two_threads):
+    """64 images of which 14 fit a chunk: 6 ranges of 10-11 images, 3 per thread (not 5 ranges,
+    28 images on one thread and 36 on the other); a batch that fits one chunk still splits in 2."""
+    ranges = batch_chunks(numpy, 64, 100, cpu_budget=1400)
+    assert len(ranges) == 6
+    assert [b - a for a, b in ranges] == [10, 11, 11, 10, 11, 11]
+    assert ranges[0][0] == 0 and ranges[-1][1] == 64
+    assert all(a1 == b0 for (_, a1), (b0, _) in zip(ranges, ranges[1:]))
+    assert batch_chunks(numpy, 8, 100, cpu_budget=10**6) == [(0, 4), (4, 8)]
+    assert batch_chunks(numpy, 1, 100, cpu_budget=10**6) == [(0, 1)]
