@@ -44,6 +44,16 @@ SETUP, RECORDING, PLANNED, RUNNING, CLOSED = "setup", "recording", "planned", "r
 # A resident table of at most this many values gets its update applied by the application thread
 # on a CPU with one worker (Client._inline_tables): 64 Ki float32 = 256 KiB, a few tens of us.
 INLINE_UPDATE_VALUES = 1 << 16
+# The calls whose counts and times stats.collect reports, in the order DESIGN §4 lists them.
+CALL_KINDS = (
+    "read",
+    "post_read",
+    "pre_update",
+    "update",
+    "local_access",
+    "post_local_access",
+    "clock",
+)
 
 
 class LocalData:
@@ -81,7 +91,8 @@ class Client:
         self._clock = self._cursor = 0
         self._early: set[int] = set()  # recorded releases already done out of order this clock
         self._held: dict[tuple, list[Handle]] = {}
-        self._calls: dict[str, list[float]] = {}  # kind -> [count, seconds, wait seconds]
+        # kind -> [count, seconds, wait seconds] of the calls made (one entry per call kind)
+        self._calls: dict[str, list[float]] = {kind: [0, 0.0, 0.0] for kind in CALL_KINDS}
         self.out_of_order = 0
         self._started = self._last_clock = 0.0
         self._reported = False
@@ -236,7 +247,9 @@ class Client:
         key = ("param", table)
         if self._mode != RUNNING:
             return self._record(Op(kind, key))
-        start, i = time.perf_counter(), self._match(kind, key)
+        start = time.perf_counter()
+        self._check()
+        i = self._match(kind, key)
         if i < 0:
             return slowpath.acquire(self, kind, key, start)
         if self.plan.pooled[i]:
@@ -258,7 +271,9 @@ class Client:
         key = ("local", local)
         if self._mode != RUNNING:
             return self._record(Op("local_access", key, fetch=fetch))
-        start, i = time.perf_counter(), self._match("local_access", key, fetch=fetch)
+        start = time.perf_counter()
+        self._check()
+        i = self._match("local_access", key, fetch=fetch)
         if i < 0:
             return slowpath.acquire(self, "local_access", key, start, fetch=fetch)
         data = self.locals[local]
@@ -304,8 +319,8 @@ class Client:
         self._ops.append(op)
 
     def _match(self, kind: str, key, fetch: bool = False, keep: bool = False) -> int:
-        """Index of the recorded op this call is, advancing the cursor; -1 if out of order."""
-        self._check()
+        """Index of the recorded op this call is, advancing the cursor; -1 if out of order.
+        The caller has checked the background threads (_check) already."""
         i = self._cursor
         op = self.plan.ops[i]
         if op.kind != kind or op.key != key or op.fetch != fetch or op.keep != keep:
@@ -376,7 +391,7 @@ class Client:
             self._bg.submit(Work(kind, self._clock, key, handle, event, keep=keep, counted=keep))
 
     def _count(self, kind: str, seconds: float, waited: float) -> None:
-        entry = self._calls.setdefault(kind, [0, 0.0, 0.0])
+        entry = self._calls[kind]
         entry[0] += 1
         entry[1] += seconds
         entry[2] += waited
