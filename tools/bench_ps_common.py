@@ -51,6 +51,34 @@ def time_iterations(solver: Solver, iters: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+def interleaved_seconds(
+    solvers: dict[str, Solver], rounds: int, iters: int, warmup: int
+) -> dict[str, list[float]]:
+    """Mean seconds per iteration of each solver in each of `rounds` rounds of `iters`
+    iterations. The solvers take turns, in reversed order every other round (A B, B A, ...), so
+    that drift and other load on the shared machine hit each alike; compare them round by round.
+    """
+    for solver in solvers.values():
+        solver.step(warmup)
+    seconds = {label: [] for label in solvers}
+    order = list(solvers)
+    for r in range(rounds):
+        for label in order if r % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            solvers[label].step(iters)
+            seconds[label].append((time.perf_counter() - start) / iters)
+    return seconds
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> tuple[float, float, float]:
+    """Median and quartiles of the round-by-round ratios numerator[r] / denominator[r]."""
+    ratios = sorted(a / b for a, b in zip(numerator, denominator, strict=True))
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    low, _, high = statistics.quantiles(ratios, n=4)
+    return statistics.median(ratios), low, high
+
+
 def unlimited_plan(name: str, batch: int | None = None):
     """The plan at an unlimited budget: its footprint and the smallest budget it accepts."""
     solver = make_solver(name, Config(), batch)
