@@ -69,7 +69,7 @@ class ChannelsLastColumns:
             dx = bottom.diff.reshape(x.shape) if down else None
             self._bias_diff(dy)
             work = functools.partial(self._backward_cl_chunks, xp, w, x, dy, dx)
-            for part in split_work(xp, work, self._chunks(xp, backward=True)):
+            for part in split_work(xp, work, self._chunks(xp, data_diff=down)):
                 w_diff += part
         w_diff = w_diff.reshape((self.group,) + g.kernel + (self.channels // self.group, -1))
         diff = self.blobs[0].diff
