@@ -155,12 +155,14 @@ def to_host(a) -> numpy.ndarray:
 ACCUMULATE_BLOCK = 1 << 19
 # GEMMs of at least this many multiply-adds (M·N·K) go by blocks on the CPU threads (split_work);
 # smaller ones run whole in the caller, where a hand-off to the threads would cost more than it
-# saves (LeNet's ip2, 0.3 M: 0.02 ms whole, 0.2 ms split). Both run with single-threaded BLAS when
-# the threads exist: a multi-threaded OpenBLAS call leaves its workers spinning for a while
-# afterwards, which would steal the cores from the next layer's chunk threads (suspected, not
-# isolated: CIFAR-10 quick's conv3 backward, right after ip1's GEMMs, ran no faster on two threads
-# than on one until ip1 went through the chunk threads too).
-SPLIT_GEMM_MIN = 1 << 25
+# saves (LeNet's ip2, 0.3 M: 0.02 ms whole, 0.2 ms split). LeNet's ip1 (25.6 M per GEMM) gains:
+# forward 0.82 -> 0.65 ms, backward 1.46 -> 1.23 ms on two threads (it ran whole at 1 << 25).
+# Both run with single-threaded BLAS when the threads exist: a multi-threaded OpenBLAS call
+# leaves its workers spinning for a while afterwards, which would steal the cores from the next
+# layer's chunk threads (suspected, not isolated: CIFAR-10 quick's conv3 backward, right after
+# ip1's GEMMs, ran no faster on two threads than on one until ip1 went through the chunk threads
+# too).
+SPLIT_GEMM_MIN = 1 << 23
 
 
 def matmul(xp, a, b, out) -> None:
