@@ -152,8 +152,8 @@ def _max_pool_reads(xp, x, geom: PoolGeometry):
     """(k, v, sub) per kernel offset k: the inputs v it reads for the outputs [sub].
 
     Overlapping windows read x in phase layout (one copy, then contiguous runs); otherwise
-    strided views of x itself, which the caller copies one at a time (measured on LeNet's 2x2/2
-    pooling: cheaper than a phase copy of all of x first).
+    strided views of x itself, which the caller copies one at a time: those taps partition x, so
+    their copies move what one phase copy would, with no padding to fill.
     """
     if geom.stride[1] >= geom.kernel[1]:
         for k, rh, rw in geom.offsets():
