@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 
 import zmq
@@ -76,6 +77,13 @@ class Component:
         self._abort = reason
         self.ep.wake()
         self._thread.join(deadline_s)
+
+    def _check_program(self) -> None:
+        """Abort (ERROR to every peer) once the program's main thread has ended without close():
+        this thread is not a daemon, so it would keep the interpreter from exiting, for ever
+        where peers keep it busy (as the data layer's prefetch thread ends then too)."""
+        if self._abort is None and not threading.main_thread().is_alive():
+            self._abort = f"{self.name}: the program ended without closing it"
 
     def _tick(self) -> float:
         return min(self.config.heartbeat_s, silence_s(self.config)) / 2

@@ -3,6 +3,8 @@ the same numbers as plain NumPy at BSP (SUM, AVERAGE, SERVER), bit for bit; misc
 inconsistent workers get one-line errors; CURVE; the endpoint's wake()."""
 
 import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -304,3 +306,31 @@ def test_a_clock_travels_as_one_updates_per_server_and_channel():
     finally:
         shards.close()
         server.join()
+
+
+UNCLOSED = """
+from geeps_net.ps.config import Config
+from geeps_net.ps.remote import RemoteShards, ShardServer
+from geeps_net.ps.transport import tcp_urls
+
+cfg = Config(deadline_s=60.0, heartbeat_s=0.5, row_size=16, num_servers=1)
+server = ShardServer(cfg, 0, 1, tcp_urls("127.0.0.1", 0, 1)).start()
+shards = RemoteShards(cfg, 0, 1, [server.urls])
+shards.create_table(0, 10)
+print("ready", flush=True)
+"""  # and the program ends with neither closed
+
+
+def test_a_program_that_never_closes_still_exits(tmp_path):
+    """The communication and server threads are not daemons; when the main thread has ended
+    without close() they abort (ERROR to their peers) instead of keeping the interpreter alive
+    while each keeps the other busy with heartbeats."""
+    script = tmp_path / "unclosed.py"
+    script.write_text(UNCLOSED)
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=50
+    )  # without the abort: TimeoutExpired (the peers' 60 s deadline never comes)
+    assert done.stdout.strip() == "ready", done.stderr
+    assert "the program ended without closing it" in done.stderr
+    assert time.monotonic() - start < 30
