@@ -99,7 +99,7 @@ class PsTrainer:
         for key, lid in self.history_ids.items():
             c.write_local(lid, numpy.zeros(s.tables[key[0]].size, numpy.float32))
         for key, (blob, kind) in s.locals.items():
-            if kind in ("diff", "internal") or kind == "frozen":
+            if kind in ("diff", "internal", "frozen"):
                 value = self._frozen_init(blob) if kind == "frozen" else numpy.zeros(blob.count)
                 c.write_local(self.local_ids[key], value.astype(blob.dtype).ravel())
 
