@@ -5,9 +5,9 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 import geeps_net.backend as backend
-import geeps_net.layers.pooling as pooling_module
+import geeps_net.layers.pool_kernels as pool_kernels
 from geeps_net.errors import LayerError
-from geeps_net.layers.pooling import (
+from geeps_net.layers.pool_kernels import (
     ave_pool_backward,
     mask_dtype,
     max_pool_backward,
@@ -213,7 +213,7 @@ def test_pooling_in_blocks(xp, monkeypatch, text, block, threads):
     results = []
     monkeypatch.setattr(backend, "_chunk_threads", lambda: backend._ChunkThreads(threads))
     for size in (1 << 18, block):
-        monkeypatch.setattr(pooling_module, "CPU_POOL_BLOCK", size)
+        monkeypatch.setattr(pool_kernels, "CPU_POOL_BLOCK", size)
         rig = LayerRig(xp, make_layer(text), [x])
         top = rig.forward()[0]
         results.append((top, rig.backward([rng.standard_normal(top.shape)])[0]))
