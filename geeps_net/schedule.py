@@ -9,6 +9,7 @@ tables are indexes into `Schedule.tables`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from geeps_net.blob import Blob
@@ -23,6 +24,11 @@ class Table:
     params: list  # net.Learnable entries, in learnable order
     offsets: list[int]
     size: int
+
+    @functools.cached_property
+    def slices(self) -> list[tuple]:
+        """(param, slice of the table's values it holds) of each param, in table order."""
+        return [(p, slice(o, o + p.blob.count)) for p, o in zip(self.params, self.offsets)]
 
 
 @dataclass

@@ -5,7 +5,8 @@ frozen param and solver history as PS local data, records one iteration with com
 virtual iteration), then runs every real iteration through the same calls: read/post_read for
 params, pre_update/update for the solver's update (computed straight into the update buffer),
 local_access/post_local_access for the rest. This module is the only one in the engine that imports
-`geeps_net.ps`.
+`geeps_net.ps`; worker_state.py, its foreground half (loads, snapshots, feeds), only calls the
+client it is given.
 """
 
 from __future__ import annotations
@@ -17,18 +18,21 @@ import numpy
 
 from geeps_net.backend import to_host
 from geeps_net.control import ACTIONS, JobControl
-from geeps_net.errors import DeadlineError, NetError, SolverError
+from geeps_net.errors import NetError
 from geeps_net.ps.client import Client
 from geeps_net.ps.config import Config
 from geeps_net.ps.server import LocalShards
 from geeps_net.schedule import build_schedule
 from geeps_net.solvers import clip_gradients, normalize
+from geeps_net.worker_state import TrainerState
 
 log = logging.getLogger(__name__)
 
 
-class PsTrainer:
-    """One training iteration through the parameter server; numbers identical to ResidentTrainer."""
+class PsTrainer(TrainerState):
+    """One training iteration through the parameter server; numbers identical to ResidentTrainer.
+    What the solver reads and writes between iterations (weights, history, feeds) is
+    TrainerState's, in worker_state.py."""
 
     resident = False  # the Solver builds the train net with unbound blobs for us
 
@@ -106,13 +110,7 @@ class PsTrainer:
     def _table_views(self) -> list[list[tuple]]:
         """Per table, (blob, slice of the table's values, shape) of each of its params. Shapes are
         fixed on the PS (no data-dependent reshapes), so this is worked out once, not per call."""
-        return [
-            [
-                (p.blob, slice(o, o + p.blob.count), p.blob.shape)
-                for p, o in zip(t.params, t.offsets)
-            ]
-            for t in self.schedule.tables
-        ]
+        return [[(p.blob, sl, p.blob.shape) for p, sl in t.slices] for t in self.schedule.tables]
 
     def _step_bindings(self) -> dict[int, tuple[list, list]]:
         """Per step (by id): what _acquire binds, (local id, fetch, blob, is a diff), and what
@@ -254,8 +252,8 @@ class PsTrainer:
             c.local_access(self.history_ids[t, k], fetch=True) for k in range(self.num_history)
         ]
         if compute:
-            for p, offset in zip(table.params, table.offsets):
-                blob, sl = p.blob, slice(offset, offset + p.blob.count)
+            for p, sl in table.slices:
+                blob = p.blob
                 hist = [h[sl].reshape(blob.shape) for h in history]
                 normalize(self.xp, blob.diff, self.iter_size)
                 if self.server_side_rule:
@@ -298,113 +296,14 @@ class PsTrainer:
                 blob.diff = diff[values].reshape(shape)
 
     def _param_views(self, grads) -> list:
-        views = []
-        for t, table in enumerate(self.schedule.tables):
-            for p, offset in zip(table.params, table.offsets):
-                views.append(grads[t][offset : offset + p.blob.count])
-        return views
+        return [
+            grads[t][sl] for t, table in enumerate(self.schedule.tables) for _, sl in table.slices
+        ]
 
     # -- what the solver asks for ---------------------------------------------------------------
 
     def outputs(self) -> dict:
         return dict(self._outputs)
-
-    def layout(self) -> list[list[tuple[int, int, float, float]]]:
-        """Per table, its params as (offset, count, lr_mult, decay_mult): what a server-side rule
-        needs to update a range of the table."""
-        return [
-            [(o, p.blob.count, p.lr_mult, p.decay_mult) for p, o in zip(t.params, t.offsets)]
-            for t in self.schedule.tables
-        ]
-
-    def settle(self) -> None:
-        """With several workers, wait (deadline_s) until every table includes every worker's
-        updates through the last iteration done here, so tests and snapshots see the global
-        state rather than this worker's view of it."""
-        c = self.client
-        if c.num_workers == 1 or self.steps == 0:
-            return
-        end = time.monotonic() + c.config.deadline_s
-        for t in self.table_ids:
-            c.read_table_host(t)  # installs the pushes received so far
-            while c.data_age(t) < self.steps - 1:
-                if time.monotonic() > end:
-                    raise DeadlineError(
-                        f"table {t}: data age {c.data_age(t)} < {self.steps - 1} after "
-                        f"{c.config.deadline_s} s: the other workers' last updates never came"
-                    )
-                time.sleep(0.002)
-                c.read_table_host(t)
-
-    def param_arrays(self) -> list[numpy.ndarray]:
-        """Current values of every learnable blob, in net.learnable order (foreground reads);
-        with several workers, once every worker's updates so far are in (settle)."""
-        self.settle()
-        values = {}
-        for t, table in enumerate(self.schedule.tables):
-            flat = self.client.read_table_host(self.table_ids[t])
-            for p, offset in zip(table.params, table.offsets):
-                values[id(p.blob)] = flat[offset : offset + p.blob.count].reshape(p.blob.shape)
-        for key, (blob, kind) in self.schedule.locals.items():
-            if kind == "frozen":
-                values[id(blob)] = self.client.read_local_host(self.local_ids[key]).reshape(
-                    blob.shape
-                )
-        return [values[id(p.blob)] for p in self.net.learnable]
-
-    def history_arrays(self) -> list[numpy.ndarray]:
-        """Caffe's order: history k of every learnable param, k = 0, 1; frozen params' history is
-        0."""
-        out = []
-        for k in range(self.rule.num_history):
-            for p in self.net.learnable:
-                t = self.schedule.table_of.get(id(p.blob))
-                if t is None or self.server_side_rule:  # SERVER: the history is on the servers
-                    out.append(numpy.zeros(p.blob.shape, numpy.float32))
-                    continue
-                offset = self.schedule.tables[t].offsets[self.schedule.tables[t].params.index(p)]
-                flat = self.client.read_local_host(self.history_ids[t, k])
-                out.append(flat[offset : offset + p.blob.count].reshape(p.blob.shape))
-        return out
-
-    def load(self, params=None, history=None) -> None:
-        """Set learnable values (None keeps a value) and solver history before the first step."""
-        self._before_start("load weights or solver state")
-        s, c = self.schedule, self.client
-        if params is not None:
-            by_blob = {id(p.blob): v for p, v in zip(self.net.learnable, params) if v is not None}
-            for t, table in enumerate(s.tables):
-                if any(id(p.blob) in by_blob for p in table.params):
-                    flat = c.read_table_host(self.table_ids[t])
-                    for p, offset in zip(table.params, table.offsets):
-                        if id(p.blob) in by_blob:
-                            flat[offset : offset + p.blob.count] = by_blob[id(p.blob)].ravel()
-                    c.write_initial(self.table_ids[t], flat)
-            for key, (blob, kind) in s.locals.items():
-                if kind == "frozen" and id(blob) in by_blob:
-                    c.write_local(self.local_ids[key], by_blob[id(blob)].astype(blob.dtype).ravel())
-        if history is not None and not self.server_side_rule:
-            n = len(self.net.learnable)
-            for k in range(self.rule.num_history):
-                for t, table in enumerate(s.tables):
-                    flat = numpy.concatenate(
-                        [
-                            numpy.ravel(history[k * n + self.net.learnable.index(p)])
-                            for p in table.params
-                        ]
-                    )
-                    c.write_local(self.history_ids[t, k], flat.astype(numpy.float32))
-
-    def feed(self, name: str, value) -> None:
-        """Set an Input layer's top before the first step (it stays for every iteration)."""
-        self._before_start(f'feed "{name}"')
-        blob = self.net.blobs[name]
-        value = numpy.asarray(value, blob.dtype).ravel()
-        self.client.write_local(self.local_ids["data", name], value)
-
-    def _before_start(self, what: str) -> None:
-        if self._started:
-            raise SolverError(f"{what}: the PS is running; do it before the first iteration")
 
     def stats(self) -> dict:
         return self.client.stats()
