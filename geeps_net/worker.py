@@ -64,8 +64,6 @@ class PsTrainer(TrainerState):
                 client.worker_id, client.num_workers, cfg.slack, cfg.update_rule
             )
         self._register()
-        self._views = self._table_views()
-        self._bindings = self._step_bindings()
         with client.virtual_iteration():
             self._iterate(0, 0.0, compute=False)
         self._started = False  # the threads start at the first step: loads and feeds go before it
@@ -107,23 +105,6 @@ class PsTrainer(TrainerState):
                 value = self._frozen_init(blob) if kind == "frozen" else numpy.zeros(blob.count)
                 c.write_local(self.local_ids[key], value.astype(blob.dtype).ravel())
 
-    def _table_views(self) -> list[list[tuple]]:
-        """Per table, (blob, slice of the table's values, shape) of each of its params. Shapes are
-        fixed on the PS (no data-dependent reshapes), so this is worked out once, not per call."""
-        return [[(p.blob, sl, p.blob.shape) for p, sl in t.slices] for t in self.schedule.tables]
-
-    def _step_bindings(self) -> dict[int, tuple[list, list]]:
-        """Per step (by id): what _acquire binds, (local id, fetch, blob, is a diff), and what
-        _release releases, (local id, keep): the dictionary lookups done once, not per call."""
-        s, ids = self.schedule, self.local_ids
-        return {
-            id(step): (
-                [(ids[k], fetch, s.locals[k][0], k[0] == "diff") for k, fetch in step.acquire],
-                [(ids[k], keep) for k, keep in step.release],
-            )
-            for step in s.forward + s.backward
-        }
-
     def _frozen_init(self, blob):
         return next(p.blob_init for p in self.net.learnable if p.blob is blob)
 
@@ -131,12 +112,16 @@ class PsTrainer(TrainerState):
 
     def step(self, it: int, rate: float) -> float:
         """Forward/backward iter_size times, update every table, clock; the mean loss."""
-        if not self._started:
-            self.client.start_iterations()
-            self._started = True
+        self._start()
         loss = self._iterate(it, rate, compute=True)
         self.steps += 1
         return loss
+
+    def _start(self) -> None:
+        """The PS's threads start at the first iteration: loads and feeds go before it."""
+        if not self._started:
+            self.client.start_iterations()
+            self._started = True
 
     def _iterate(self, it: int, rate: float, compute: bool) -> float:
         loss = 0.0
@@ -271,29 +256,30 @@ class PsTrainer(TrainerState):
         c = self.client
         for t in step.reads:
             self._bind_table(t, data=c.read(self.table_ids[t]))
-        for local, fetch, blob, is_diff in self._bindings[id(step)][0]:
-            buf = c.local_access(local, fetch=fetch)
+        for key, fetch in step.acquire:
+            buf = c.local_access(self.local_ids[key], fetch=fetch)
             if compute:
-                if is_diff:
+                blob = self.schedule.locals[key][0]
+                if key[0] == "diff":
                     blob.diff = buf.reshape(blob.shape)
                 else:
                     blob.data = buf.reshape(blob.shape)
 
     def _release(self, step) -> None:
         c = self.client
-        for local, keep in self._bindings[id(step)][1]:
-            c.post_local_access(local, keep=keep)
+        for key, keep in step.release:
+            c.post_local_access(self.local_ids[key], keep=keep)
         for t in step.reads:
             c.post_read(self.table_ids[t])
 
     def _bind_table(self, t: int, data=None, diff=None) -> None:
         """Point table t's param blobs at slices of a PS buffer (data from read, diff from
         pre_update); None leaves that side as it is (and is what recording hands back)."""
-        for blob, values, shape in self._views[t]:
+        for p, sl in self.schedule.tables[t].slices:
             if data is not None:
-                blob.data = data[values].reshape(shape)
+                p.blob.data = data[sl].reshape(p.blob.shape)
             if diff is not None:
-                blob.diff = diff[values].reshape(shape)
+                p.blob.diff = diff[sl].reshape(p.blob.shape)
 
     def _param_views(self, grads) -> list:
         return [
@@ -310,9 +296,7 @@ class PsTrainer(TrainerState):
 
     def forward_pass(self) -> tuple[float, dict]:
         """One forward-only iteration (a test batch): the loss and the output blobs' values."""
-        if not self._started:
-            self.client.start_iterations()
-            self._started = True
+        self._start()
         loss = self._iterate(0, 0.0, compute=True)
         return loss, self.outputs()
 

@@ -44,16 +44,6 @@ SETUP, RECORDING, PLANNED, RUNNING, CLOSED = "setup", "recording", "planned", "r
 # A resident table of at most this many values gets its update applied by the application thread
 # on a CPU with one worker (Client._inline_tables): 64 Ki float32 = 256 KiB, a few tens of us.
 INLINE_UPDATE_VALUES = 1 << 16
-# The calls whose counts and times stats.collect reports, in the order DESIGN §4 lists them.
-CALL_KINDS = (
-    "read",
-    "post_read",
-    "pre_update",
-    "update",
-    "local_access",
-    "post_local_access",
-    "clock",
-)
 
 
 class LocalData:
@@ -91,8 +81,7 @@ class Client:
         self._clock = self._cursor = 0
         self._early: set[int] = set()  # recorded releases already done out of order this clock
         self._held: dict[tuple, list[Handle]] = {}
-        # kind -> [count, seconds, wait seconds] of the calls made (one entry per call kind)
-        self._calls: dict[str, list[float]] = {kind: [0, 0.0, 0.0] for kind in CALL_KINDS}
+        self._calls: dict[str, list[float]] = {}  # kind -> [count, seconds, wait seconds]
         self.out_of_order = 0
         self._started = self._last_clock = 0.0
         self._reported = False
@@ -391,7 +380,7 @@ class Client:
             self._bg.submit(Work(kind, self._clock, key, handle, event, keep=keep, counted=keep))
 
     def _count(self, kind: str, seconds: float, waited: float) -> None:
-        entry = self._calls[kind]
+        entry = self._calls.setdefault(kind, [0, 0.0, 0.0])
         entry[0] += 1
         entry[1] += seconds
         entry[2] += waited

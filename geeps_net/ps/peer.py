@@ -79,9 +79,10 @@ class Component:
         self._thread.join(deadline_s)
 
     def _check_program(self) -> None:
-        """Abort (ERROR to every peer) once the program's main thread has ended without close():
-        this thread is not a daemon, so it would keep the interpreter from exiting, for ever
-        where peers keep it busy (as the data layer's prefetch thread ends then too)."""
+        """Abort (ERROR to every peer, at the loop's next turn) once the program's main thread has
+        ended without close(): this thread is not a daemon, so it would keep the interpreter from
+        exiting, for ever where peers keep it busy (the data layer's prefetch thread ends then
+        too)."""
         if self._abort is None and not threading.main_thread().is_alive():
             self._abort = f"{self.name}: the program ended without closing it"
 
@@ -97,6 +98,7 @@ class Component:
         if now < self._next_check:
             return
         self._next_check = now + self._tick() / 4
+        self._check_program()
         ep = self.ep
         started = ep.heard >= ep.peers - ep.departed
         limit = silence_s(self.config) if started else self.config.deadline_s

@@ -312,7 +312,6 @@ class RemoteShards(Component):
     def _run(self) -> None:
         try:
             while True:
-                self._check_program()
                 if self._abort:
                     raise PsError(self._abort)
                 self._flush()

@@ -174,7 +174,6 @@ class LocalShards:
         self.tables: dict[int, list[RowRange]] = {}
         self.sizes: dict[int, int] = {}
         self.subscribers: dict[int, Callable[[Push], None]] = {}
-        self._holding: dict[int, list[TabletServer]] = {}  # table -> the shards of its ranges
         self._lock = threading.RLock()
 
     def create_table(self, table: int, num_values: int) -> list[RowRange]:
@@ -191,8 +190,6 @@ class LocalShards:
             self.tables[table] = self.directory.ranges(table, num_values)
             for rng in self.tables[table]:
                 self.servers[rng.shard].add_range(table, rng)
-            shards = sorted({rng.shard for rng in self.tables[table]})
-            self._holding[table] = [self.servers[s] for s in shards]
             return self.tables[table]
 
     def subscribe(self, worker: int, deliver: Callable[[Push], None]) -> None:
@@ -235,7 +232,8 @@ class LocalShards:
         """Nothing to release in process; present for the transport's interface."""
 
     def _servers_of(self, table: int) -> list[TabletServer]:
-        return self._holding.get(table, [])
+        shards = sorted({rng.shard for rng in self.tables[table]})
+        return [self.servers[s] for s in shards]
 
     def _deliver(self, pushes: list[Push]) -> None:
         for push in pushes:

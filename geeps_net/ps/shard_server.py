@@ -113,7 +113,6 @@ class ShardServer(Component):
     def _run(self) -> None:
         try:
             while not self.finished:
-                self._check_program()
                 if self._abort:
                     raise PsError(self._abort)
                 msg = self.ep.poll(self._tick())

@@ -18,9 +18,7 @@ from __future__ import annotations
 def collect(client) -> dict:
     """A snapshot of the counters of `client` (plain numbers and the plan summary)."""
     out = {"iterations": client._clock, "out_of_order": client.out_of_order}
-    ops = {
-        k: {"count": v[0], "time_s": v[1], "wait_s": v[2]} for k, v in client._calls.items() if v[0]
-    }
+    ops = {k: {"count": v[0], "time_s": v[1], "wait_s": v[2]} for k, v in client._calls.items()}
     waited = sum(v["wait_s"] for v in ops.values())
     wall = client._last_clock - client._started
     out.update(ops=ops, wall_s=wall, stall_fraction=waited / wall if wall > 0 else 0.0)
