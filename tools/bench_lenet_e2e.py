@@ -6,7 +6,8 @@ the other in one run.
 
 geeps-net: `geeps-net train -solver solvers/lenet_solver.prototxt` in a child process, through the
 PS, reading the LMDBs that tools/train_lenet.sh converts (run it once first). PyTorch (the optional
-extra `bench`): the same net and schedule in a child process from the same IDX files held in
+extra `bench`): the same net (bench_train's PyTorch twin of models/lenet/train_val.prototxt) and
+schedule in a child process from the same IDX files held in
 memory: Caffe's SGD (momentum 0.9, weight decay 5e-4, biases at twice the rate, the "inv" rate
 policy), Caffe's xavier fillers, batches of 64 in file order, a pass over the 10,000 test images
 at every multiple of 500 iterations from 0 to max_iter, as Caffe tests. Each side's time is its
@@ -27,6 +28,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_train import have_torch, torch_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLVER = ROOT / "solvers" / "lenet_solver.prototxt"
@@ -96,10 +99,7 @@ def run_torch_child(args) -> dict:
     train_x, test_x = images("train"), images("t10k")
     train_y = torch.from_numpy(read_idx(RAW / "train-labels-idx1-ubyte.gz").astype(numpy.int64))
     test_y = torch.from_numpy(read_idx(RAW / "t10k-labels-idx1-ubyte.gz").astype(numpy.int64))
-    net = nn.Sequential(
-        nn.Conv2d(1, 20, 5), nn.MaxPool2d(2, 2), nn.Conv2d(20, 50, 5), nn.MaxPool2d(2, 2),
-        nn.Flatten(), nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, 10),
-    )  # fmt: skip
+    net, _ = torch_model("lenet", argparse.Namespace(batch=None))  # bench_train's twin
     for m in net:
         if isinstance(m, nn.Conv2d | nn.Linear):  # Caffe's xavier: U(+-sqrt(3 / fan_in)); bias 0
             bound = math.sqrt(3.0 / (m.weight[0].numel()))
@@ -137,9 +137,7 @@ def run_torch_child(args) -> dict:
 
 def run_torch(args) -> dict | None:
     """The PyTorch side in a child process; None (with a note) where torch is not installed."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    if not have_torch():
         print("torch is not installed here: install the `bench` extra to compare", file=sys.stderr)
         return None
     command = [sys.executable, __file__, "--child", "torch", "--threads", str(args.threads)]
