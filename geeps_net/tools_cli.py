@@ -2,7 +2,8 @@
 parse_log, plot_log, draw_net.
 
 Each is a plain function over parsed arguments, registered with `command(...)` like the verbs in
-geeps_net/commands.py; importing this module registers them.
+geeps_net/commands.py and timing.py (their shared flags: cli_flags.py); importing this module
+registers them.
 """
 
 from __future__ import annotations
