@@ -99,7 +99,7 @@ def run_torch_child(args) -> dict:
     train_x, test_x = images("train"), images("t10k")
     train_y = torch.from_numpy(read_idx(RAW / "train-labels-idx1-ubyte.gz").astype(numpy.int64))
     test_y = torch.from_numpy(read_idx(RAW / "t10k-labels-idx1-ubyte.gz").astype(numpy.int64))
-    net, _ = torch_model("lenet", argparse.Namespace(batch=None))  # bench_train's twin
+    net, _ = torch_model("lenet")  # bench_train's twin
     for m in net:
         if isinstance(m, nn.Conv2d | nn.Linear):  # Caffe's xavier: U(+-sqrt(3 / fan_in)); bias 0
             bound = math.sqrt(3.0 / (m.weight[0].numel()))

@@ -125,13 +125,13 @@ def run_geeps(name: str, args) -> dict:
     return {"times": times, "trainer": trainer, "loss": float(loss)}
 
 
-def torch_model(name: str, args):
+def torch_model(name: str, batch: int | None = None):
     """torch.nn.Sequential of the net's TRAIN layers, every weight the shape geeps-net gives it."""
     import torch.nn as nn
 
     from geeps_net.net import Net
 
-    net = Net(bench_net_param(name, args.batch), "TRAIN", resident=False)
+    net = Net(bench_net_param(name, batch), "TRAIN", resident=False)
     modules, loss_layer = [], None
     for layer, bottoms, tops in zip(net.layers, net.bottoms, net.tops):
         make = TORCH_LAYERS.get(layer.type)
@@ -210,7 +210,7 @@ def run_torch(name: str, args) -> dict:
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     torch.manual_seed(0)
-    model, net = torch_model(name, args)
+    model, net = torch_model(name, args.batch)
     net.close()
     images, labels = random_batch(name, args.batch)
     x, y = torch.from_numpy(images), torch.from_numpy(labels).long()
@@ -300,7 +300,7 @@ def layers_torch(name: str, args) -> list:
     import torch
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    model, net = torch_model(name, args)
+    model, net = torch_model(name, args.batch)
     net.close()
     x = torch.from_numpy(random_batch(name, args.batch)[0])
     rows = []
