@@ -9,6 +9,8 @@ The cache applies the worker's own update log when the table's clock completes (
 the iteration); the same log goes to the shards. Pushes replace a range's values and re-apply the
 own updates the push does not include yet. With one worker and read_my_writes the pushed values
 equal the cache bit for bit (same additions on the same values), so a push only advances the age.
+With several workers under BSP the own update is not applied at all: every read waits for a push
+that already includes it.
 """
 
 from __future__ import annotations
@@ -67,7 +69,11 @@ class ParamCache:
         self.tables: list[TableCache] = []
         self.slack = config.slack
         self.device = device
-        self.apply_own = config.read_my_writes and config.update_rule != "SERVER"
+        # Under BSP with several workers a read at clock t waits for the push of clock t - 1,
+        # which includes this worker's updates through t - 1 and replaces the values: applying
+        # and retaining the own update first would be two passes over the table thrown away.
+        bsp_shared = num_workers > 1 and config.slack == 0
+        self.apply_own = config.read_my_writes and config.update_rule != "SERVER" and not bsp_shared
         self.exact = self.apply_own and num_workers == 1  # pushes equal the cache: no copy
         self.retain = self.apply_own and num_workers > 1
         average = config.update_rule == "AVERAGE" and num_workers > 1
