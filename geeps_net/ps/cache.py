@@ -215,11 +215,11 @@ class ParamCache:
                     if table.extra is not None:  # slow-path updates of this clock
                         table.log += to_device_like(table.log, table.extra)
                         table.extra = None
-                    own = table.log if self.scale is None else table.log * self.scale
-                    if self.apply_own:
+                    if self.apply_own:  # the scaled copy only for the cache's own use
+                        own = table.log if self.scale is None else table.log * self.scale
                         table.data += own
-                    if self.retain:
-                        table.retained[clock] = to_host(own).copy()
+                        if self.retain:
+                            table.retained[clock] = to_host(own).copy()
                 host_log = table.log if not device.gpu else to_host(table.log)
                 device.sync(device.record(device.reclaim_stream))
             if device.gpu and table.resident:  # pragma: no cover - GPU only
