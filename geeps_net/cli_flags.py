@@ -42,7 +42,9 @@ def ps_flags(p) -> None:
 
     flag(p, "ps_config", default="", help="PS configuration file (geeps.PsConfig text)")
     flag(p, "no_ps", action="store_true", help="run without the parameter server (baseline)")
-    group = p.add_argument_group("PS configuration (geeps.PsConfig fields)")
+    group = p.add_argument_group(
+        "PS configuration (geeps.PsConfig fields; their meanings: docs/ps_config.md)"
+    )
     types = {
         "TYPE_BOOL": parse_bool,
         "TYPE_DOUBLE": float,
@@ -51,14 +53,28 @@ def ps_flags(p) -> None:
     }
     for field in geeps_pb2.PsConfig.DESCRIPTOR.fields:
         kind = _FIELD_TYPES.get(field.type, "TYPE_INT")
+        shown = f"default {_default_text(field)}"
         if field.enum_type is not None:
             choices = [v.name for v in field.enum_type.values]
-            flag(group, field.name, default=None, choices=choices)
+            flag(group, field.name, default=None, choices=choices, help=shown)
         else:
-            flag(group, field.name, default=None, type=types.get(kind, int), metavar="V")
+            kind_type = types.get(kind, int)
+            flag(group, field.name, default=None, type=kind_type, metavar="V", help=shown)
 
 
 _FIELD_TYPES = {8: "TYPE_BOOL", 1: "TYPE_DOUBLE", 2: "TYPE_FLOAT", 9: "TYPE_STRING"}
+
+
+def _default_text(field) -> str:
+    """A PsConfig field's proto default as a flag would spell it: SUM, true, 60, (none)."""
+    value = field.default_value
+    if field.enum_type is not None:
+        return field.enum_type.values_by_number[value].name
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value) if value != "" else "(none)"
 
 
 def ps_config(args):

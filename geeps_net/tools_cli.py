@@ -1,5 +1,5 @@
-"""Verbs for the tools users expect beside `caffe`: convert_mnist, compute_image_mean, keygen,
-parse_log, plot_log, draw_net.
+"""Verbs for the tools users expect beside `caffe`: convert_mnist, convert_imageset,
+compute_image_mean, keygen, parse_log, plot_log, draw_net.
 
 Each is a plain function over parsed arguments, registered with `command(...)` like the verbs in
 geeps_net/commands.py and timing.py (their shared flags: cli_flags.py); importing this module
@@ -103,6 +103,47 @@ def convert_mnist(args) -> int:
 
 convert_mnist.add_flags = _convert_flags
 command("convert_mnist", "convert MNIST-format IDX files to an LMDB")(convert_mnist)
+
+
+def _imageset_flags(p) -> None:
+    p.add_argument("root_folder", help="folder the list's paths are relative to (ends with /)")
+    p.add_argument("list_file", help='one "path label" per line')
+    p.add_argument("output", help="LMDB to create")
+    flag(p, "gray", action="store_true", help="store one grey channel")
+    flag(p, "shuffle", action="store_true", help="shuffle the list first")
+    flag(p, "seed", type=int, default=None, help="seed of -shuffle (absent: random)")
+    flag(p, "backend", default="lmdb", choices=["lmdb"])
+    flag(p, "resize_height", type=int, default=0, help="with -resize_width: resize every image")
+    flag(p, "resize_width", type=int, default=0)
+    flag(p, "check_size", action="store_true", help="every image must have the first's shape")
+    flag(p, "encoded", action="store_true", help="store the image files, not their pixels")
+    flag(p, "encode_type", default="", help="with -encoded: re-encode as png, jpg, ...")
+    flag(p, "overwrite", action="store_true")
+
+
+def convert_imageset(args) -> int:
+    """Images named in a list file -> LMDB of Datum (Caffe's convert_imageset)."""
+    from geeps_net.imageset import convert_imageset as convert
+
+    count = convert(
+        args.root_folder,
+        args.list_file,
+        args.output,
+        gray=args.gray,
+        shuffle=args.shuffle,
+        seed=args.seed,
+        resize=(args.resize_height, args.resize_width),
+        check_size=args.check_size,
+        encoded=args.encoded,
+        encode_type=args.encode_type,
+        overwrite=args.overwrite,
+    )
+    log.info("Processed %d files.", count)
+    return 0
+
+
+convert_imageset.add_flags = _imageset_flags
+command("convert_imageset", "convert a list of images to an LMDB")(convert_imageset)
 
 
 def _mean_flags(p) -> None:

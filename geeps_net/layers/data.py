@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy
 
-from geeps_net.dataset import DatumDB, decode_datum, import_pillow, pil_to_chw
+from geeps_net.dataset import DatumDB, decode_datum, import_pillow
 from geeps_net.errors import DataError
+from geeps_net.imageset import load_image, read_image_list
 from geeps_net.layer import Layer, register
 from geeps_net.proto import caffe_pb2
 from geeps_net.transform import Transformer, transform_param_of
@@ -301,35 +302,20 @@ class ImageDataLayer(PrefetchingDataLayer):
         if p.batch_size <= 0:
             raise self.error("image_data_param.batch_size must be positive")
         self.batch_size = p.batch_size
-        self.lines = self._read_list(p.source)
+        try:
+            self.lines = [(path, label) for path, label, _ in read_image_list(p.source)]
+        except DataError as e:
+            raise self.data_error(str(e)) from None
         self._check_shard(len(self.lines))
         self._order = self._shuffled() if p.shuffle else list(range(len(self.lines)))
         self._records = int(self.rng.integers(p.rand_skip)) if p.rand_skip else 0
+        self.item_shape = self._load(self._order[0]).shape
         try:
             tp = transform_param_of(self.layer_param, p)
             self.transformer = Transformer(tp, self.phase, self.rng, self.dtype)
-            self.item_shape = self._load(self._order[0]).shape
             self.top_shape = self.transformer.output_shape(self.item_shape)
         except DataError as e:
             raise self.data_error(str(e)) from None
-
-    def _read_list(self, source: str) -> list[tuple[str, int]]:
-        try:
-            text = Path(source).read_text()
-        except OSError as e:
-            raise self.data_error(f"source {source}: {e.strerror or e}") from None
-        lines = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            path, _, label = line.rstrip().rpartition(" ")  # the label follows the last space
-            try:
-                lines.append((path, int(label)))
-            except ValueError:
-                raise self.data_error(f'{source}:{number}: expected "path label"') from None
-        if not lines:
-            raise self.data_error(f"source {source}: the list is empty")
-        return lines
 
     def reshape(self, bottoms, tops):
         tops[0].reshape((self.batch_size, *self.top_shape))
@@ -340,15 +326,12 @@ class ImageDataLayer(PrefetchingDataLayer):
 
     def _load(self, index: int) -> numpy.ndarray:
         p = self.param
+        size = (p.new_height, p.new_width) if p.new_height else None
         path = p.root_folder + self.lines[index][0]
         try:
-            image = self.image_module.open(path)
-            if p.new_height:
-                resample = self.image_module.Resampling.BILINEAR
-                image = image.resize((p.new_width, p.new_height), resample)
-            return pil_to_chw(image, color=p.is_color)
-        except OSError as e:
-            raise self.data_error(f"cannot read image {path}: {e}") from None
+            return load_image(self.image_module, path, size, color=p.is_color)
+        except DataError as e:
+            raise self.data_error(str(e)) from None
 
     def _next_batch(self):
         k, n = self.shard

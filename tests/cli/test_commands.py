@@ -109,3 +109,15 @@ def test_gpu_flag_without_a_gpu_is_one_line(run):
     assert text.strip().splitlines()[-1] == (
         "geeps-net time: -gpu 0: CuPy with a CUDA device is not available here"
     )
+
+
+def test_ps_flags_show_their_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "-h"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    assert "their meanings: docs/ps_config.md" in text
+    for shown in ("--slack V default 0", "--update_rule {SUM,AVERAGE,SERVER} default SUM",
+                  "--read_my_writes V default true", "--deadline_s V default 60",
+                  "--trace_file V default (none)", "--bind V default 127.0.0.1"):  # fmt: skip
+        assert shown in text

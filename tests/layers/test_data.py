@@ -247,7 +247,8 @@ def test_image_data_gray_resize_shuffle(image_list, rigs):
 def test_image_data_errors(image_list, tmp_path, monkeypatch):
     root, _ = image_list
     (root / "list.txt").write_text("missing.png 1\n")
-    with pytest.raises(DataError, match=r'"im" \(ImageData\): cannot read image .*missing.png'):
+    once = r'^layer "im" \(ImageData\): cannot read image .*missing.png'  # prefixed once
+    with pytest.raises(DataError, match=once):
         LayerRig(numpy, image_layer(root), [])
     monkeypatch.setitem(sys.modules, "PIL", None)
     with pytest.raises(DataError, match=r"needs Pillow: pip install 'geeps-net\[image\]'"):
