@@ -92,8 +92,9 @@ def encode_datum(pixels: numpy.ndarray, label: int) -> bytes:
     return datum.SerializeToString()
 
 
-def decode_datum(value: bytes, where: str = "datum", *, force_color=False, force_gray=False):
-    """(pixels (C, H, W) uint8 or float32, label) from a serialized Datum; DataError naming `where`.
+def decode_datum(value: bytes, where="datum", *, force_color=False, force_gray=False):
+    """(pixels (C, H, W) uint8 or float32, label) from a serialized Datum; DataError naming `where`
+    (a string, or a function that makes it: a reader of many records pays for it only on error).
 
     Encoded (JPEG/PNG) data is decoded with Pillow into BGR channel order, as OpenCV gives Caffe.
     """
@@ -101,9 +102,9 @@ def decode_datum(value: bytes, where: str = "datum", *, force_color=False, force
     try:
         datum.ParseFromString(value)
     except DecodeError:
-        raise DataError(f"{where}: corrupt record (not a serialized Datum)") from None
+        raise DataError(f"{_text(where)}: corrupt record (not a serialized Datum)") from None
     if datum.encoded:
-        return _decode_encoded(datum.data, where, force_color, force_gray), datum.label
+        return _decode_encoded(datum.data, _text(where), force_color, force_gray), datum.label
     shape = (datum.channels, datum.height, datum.width)
     count = math.prod(shape)
     if datum.data:
@@ -111,8 +112,13 @@ def decode_datum(value: bytes, where: str = "datum", *, force_color=False, force
     else:
         pixels = numpy.asarray(datum.float_data, numpy.float32)
     if pixels.size != count or count == 0:
-        raise DataError(f"{where}: corrupt record ({pixels.size} values for shape {shape})")
+        message = f"corrupt record ({pixels.size} values for shape {shape})"
+        raise DataError(f"{_text(where)}: {message}")
     return pixels.reshape(shape), datum.label
+
+
+def _text(where) -> str:
+    return where() if callable(where) else where
 
 
 def _decode_encoded(data: bytes, where, force_color, force_gray) -> numpy.ndarray:

@@ -234,8 +234,10 @@ class DataLayer(PrefetchingDataLayer):
             self.db = None
 
     def _decode(self, key: bytes, value: bytes):
-        key_text = key.decode(errors="replace")
-        where = f'layer "{self.name}" ({self.type}): source {self.source} key {key_text!r}'
+        def where() -> str:
+            key_text = key.decode(errors="replace")
+            return f'layer "{self.name}" ({self.type}): source {self.source} key {key_text!r}'
+
         t = self.transformer
         return decode_datum(value, where, force_color=t.force_color, force_gray=t.force_gray)
 
