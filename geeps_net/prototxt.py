@@ -145,7 +145,8 @@ def upgrade_net(param: caffe_pb2.NetParameter, path: str = "<string>") -> caffe_
             if v1.HasField("layer"):
                 v1 = upgrade_v0_layer(v1, f"{path}: layers[{i}]")
             net.layer.add().CopyFrom(upgrade_v1_layer(v1, f"{path}: layers[{i}]"))
-        log.warning("%s: upgraded legacy V1 `layers` to `layer`", path)
+        kind = "V0" if any(v1.HasField("layer") for v1 in param.layers) else "V1"
+        log.warning("%s: upgraded legacy %s `layers` to `layer`", path, kind)
     _upgrade_inputs(net, path)
     for layer in net.layer:
         _upgrade_data_transform(layer)

@@ -120,6 +120,12 @@ def _parse_binary(path, raw: bytes, message, what: str):
     return message
 
 
+def read_net_param(path) -> caffe_pb2.NetParameter:
+    """A binary NetParameter (.caffemodel, or a binary net) as stored, legacy layers included; a
+    truncated or foreign file raises SnapshotError naming it."""
+    return _parse_binary(path, _read(path), caffe_pb2.NetParameter(), "NetParameter")
+
+
 def read_net_weights(path) -> NetWeights:
     """Layer name -> arrays from a .caffemodel: binary NetParameter (current `layer`, legacy V1/V0
     `layers`) or HDF5. A truncated or foreign file raises SnapshotError naming it."""

@@ -1,5 +1,6 @@
 """Verbs for the tools users expect beside `caffe`: convert_mnist, convert_imageset,
-compute_image_mean, keygen, parse_log, plot_log, draw_net.
+compute_image_mean, upgrade_net_proto_text/_binary, upgrade_solver_proto_text, keygen, parse_log,
+plot_log, draw_net.
 
 Each is a plain function over parsed arguments, registered with `command(...)` like the verbs in
 geeps_net/commands.py and timing.py (their shared flags: cli_flags.py); importing this module
@@ -161,6 +162,69 @@ def compute_image_mean(args) -> int:
 
 compute_image_mean.add_flags = _mean_flags
 command("compute_image_mean", "compute the mean image of a data set")(compute_image_mean)
+
+
+# -- upgrades -------------------------------------------------------------------------------------
+
+
+def _upgrade_flags(p) -> None:
+    p.add_argument("input", help="file in a legacy (or current) format")
+    p.add_argument("output", help="file to write in the current format")
+
+
+def upgrade_net_proto_text(args) -> int:
+    """A net prototxt with V0/V1 layers, net-level inputs or old transforms -> current text."""
+    from google.protobuf import text_format
+
+    from geeps_net.prototxt import read_net
+
+    net = read_net(args.input).param
+    _write_output(args.output, text_format.MessageToString(net).encode())
+    log.info("Wrote upgraded NetParameter text proto to %s", args.output)
+    return 0
+
+
+def upgrade_net_proto_binary(args) -> int:
+    """A binary net (.caffemodel) with V0/V1 layers -> current binary, weights kept."""
+    from geeps_net.prototxt import upgrade_net
+    from geeps_net.snapshot import read_net_param
+
+    net = read_net_param(args.input)
+    if net.layer and net.layers:
+        raise GeepsError(f"{args.input}: has both 'layer' and legacy 'layers' entries")
+    _write_output(args.output, upgrade_net(net, args.input).SerializeToString())
+    log.info("Wrote upgraded NetParameter binary proto to %s", args.output)
+    return 0
+
+
+def upgrade_solver_proto_text(args) -> int:
+    """A solver prototxt with the legacy solver_type enum -> current text (type: "...")."""
+    from google.protobuf import text_format
+
+    from geeps_net.prototxt import read_solver
+
+    solver = read_solver(args.input)
+    _write_output(args.output, text_format.MessageToString(solver).encode())
+    log.info("Wrote upgraded SolverParameter text proto to %s", args.output)
+    return 0
+
+
+def _write_output(path, data: bytes) -> None:
+    from geeps_net.fileio import write_atomic
+
+    try:
+        write_atomic(path, data)
+    except OSError as e:
+        raise GeepsError(f"{path}: cannot write: {e.strerror or e}") from None
+
+
+for _verb, _what in (
+    (upgrade_net_proto_text, "upgrade a legacy net prototxt"),
+    (upgrade_net_proto_binary, "upgrade a legacy binary net (.caffemodel)"),
+    (upgrade_solver_proto_text, "upgrade a legacy solver prototxt"),
+):
+    _verb.add_flags = _upgrade_flags
+    command(_verb.__name__, _what)(_verb)
 
 
 # -- keygen ---------------------------------------------------------------------------------------
