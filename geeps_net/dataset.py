@@ -166,34 +166,63 @@ def write_lmdb(
     The DB is built in a temporary directory beside `out_path` and renamed into place at the end, so
     a failure leaves no half-written DB. The map grows (doubling) whenever it fills.
     """
-    out = Path(out_path)
-    check_output(out, overwrite)
-    count = 0
-    with atomic_directory(out, overwrite=overwrite) as tmp:
-        env = lmdb.open(str(tmp), map_size=max(int(map_size), 1 << 20), subdir=True, meminit=False)
+    with LmdbWriter(out_path, map_size=map_size, overwrite=overwrite) as writer:
+        for key, value in records:
+            writer.put(key, value)
+    return writer.count
+
+
+class LmdbWriter:
+    """A new LMDB directory written record by record: `with LmdbWriter(path) as w: w.put(k, v)`.
+
+    Built in a temporary directory beside the path and renamed into place when the block ends
+    without an exception; after one, nothing is left. Commits every 1000 records; the map grows
+    (doubling) whenever it fills. `count` is the number of records put.
+    """
+
+    def __init__(self, out_path, *, map_size: int = 1 << 26, overwrite: bool = False) -> None:
+        self.out, self.map_size, self.overwrite = Path(out_path), map_size, overwrite
+        self.count = 0
+        self._chunk: list[tuple[bytes, bytes]] = []
+
+    def __enter__(self) -> LmdbWriter:
+        check_output(self.out, self.overwrite)
+        self._atomic = atomic_directory(self.out, overwrite=self.overwrite)
+        tmp = self._atomic.__enter__()
+        size = max(int(self.map_size), 1 << 20)
+        self._env = lmdb.open(str(tmp), map_size=size, subdir=True, meminit=False)
+        return self
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Add one record (written with the next commit)."""
+        self._chunk.append((key, value))
+        if len(self._chunk) == _COMMIT_EVERY:
+            self._commit()
+
+    def __exit__(self, kind, error, trace) -> bool:
         try:
-            chunk: list[tuple[bytes, bytes]] = []
-            for record in records:
-                chunk.append(record)
-                if len(chunk) == _COMMIT_EVERY:
-                    count += _put_chunk(env, chunk)
-                    chunk = []
-            count += _put_chunk(env, chunk)
-            env.sync(True)
+            if kind is None:
+                self._commit()
+                self._env.sync(True)
+        except BaseException as e:  # the last commit failed: discard the DB as for any error
+            kind, error, trace = type(e), e, e.__traceback__
+            raise
         finally:
-            env.close()
-    return count
+            self._env.close()
+            self._atomic.__exit__(kind, error, trace)  # renames it into place, or removes it
+        return False
 
-
-def _put_chunk(env, chunk) -> int:
-    while True:
-        try:
-            with env.begin(write=True) as txn:  # aborted on any exception
-                for key, value in chunk:
-                    txn.put(key, value)
-            return len(chunk)
-        except lmdb.MapFullError:
-            env.set_mapsize(env.info()["map_size"] * 2)
+    def _commit(self) -> None:
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:  # aborted on any exception
+                    for key, value in self._chunk:
+                        txn.put(key, value)
+                break
+            except lmdb.MapFullError:
+                self._env.set_mapsize(self._env.info()["map_size"] * 2)
+        self.count += len(self._chunk)
+        self._chunk = []
 
 
 class DatumDB:

@@ -1,6 +1,6 @@
 """Verbs for the tools users expect beside `caffe`: convert_mnist, convert_imageset,
-compute_image_mean, upgrade_net_proto_text/_binary, upgrade_solver_proto_text, keygen, parse_log,
-plot_log, draw_net.
+compute_image_mean, extract_features, upgrade_net_proto_text/_binary, upgrade_solver_proto_text,
+keygen, parse_log, plot_log, draw_net.
 
 Each is a plain function over parsed arguments, registered with `command(...)` like the verbs in
 geeps_net/commands.py and timing.py (their shared flags: cli_flags.py); importing this module
@@ -162,6 +162,42 @@ def compute_image_mean(args) -> int:
 
 compute_image_mean.add_flags = _mean_flags
 command("compute_image_mean", "compute the mean image of a data set")(compute_image_mean)
+
+
+def _features_flags(p) -> None:
+    p.add_argument("weights", help="trained .caffemodel")
+    p.add_argument("model", help="net prototxt (TEST phase, with its data layer)")
+    p.add_argument("blobs", help="comma-separated blob names to extract")
+    p.add_argument("datasets", help="comma-separated LMDBs to create, one per blob")
+    p.add_argument("num_mini_batches", type=int, help="forward passes to run")
+    p.add_argument("db_type", nargs="?", default="lmdb", choices=["lmdb"])
+    p.add_argument("mode", nargs="?", default="CPU", choices=["CPU", "GPU"])
+    p.add_argument("device_id", nargs="?", type=int, default=0)
+    flag(p, "overwrite", action="store_true")
+
+
+def extract_features(args) -> int:
+    """Blobs of a trained net, image by image, into LMDBs (Caffe's extract_features)."""
+    from geeps_net.backend import array_module
+    from geeps_net.cli_flags import require_files
+    from geeps_net.features import extract_features as extract
+
+    require_files(args, "weights", "model")
+    xp = array_module(args.device_id if args.mode == "GPU" else None)
+    extract(
+        args.weights,
+        args.model,
+        args.blobs.split(","),
+        args.datasets.split(","),
+        args.num_mini_batches,
+        xp=xp,
+        overwrite=args.overwrite,
+    )
+    return 0
+
+
+extract_features.add_flags = _features_flags
+command("extract_features", "write a trained net's blobs to LMDBs")(extract_features)
 
 
 # -- upgrades -------------------------------------------------------------------------------------

@@ -149,6 +149,12 @@ def test_failure_leaves_nothing_half_written(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_failed_last_commit_leaves_nothing(tmp_path):
+    with pytest.raises(lmdb.BadValsizeError):  # the long key fails in the commit at the end
+        write_lmdb(tmp_path / "db", [(b"a", b"1"), (b"k" * 600, b"2")])
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_map_grows_when_full(tmp_path):
     records = ((b"%08d" % i, bytes(40_000)) for i in range(100))  # 4 MB into a 1 MB map
     assert write_lmdb(tmp_path / "db", records, map_size=1) == 100
