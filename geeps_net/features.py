@@ -21,7 +21,6 @@ from geeps_net.dataset import LmdbWriter
 from geeps_net.errors import DataError, NetError
 from geeps_net.net import Net
 from geeps_net.proto import caffe_pb2
-from geeps_net.snapshot import match_weights, read_net_weights
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +45,8 @@ def extract_features(
         )
     if num_batches < 1:
         raise DataError(f"num_mini_batches {num_batches}: must be at least 1")
-    with Net(model, caffe_pb2.TEST, xp=xp) as net:
+    with Net(model, caffe_pb2.TEST, weights, xp=xp) as net:
         _check_blobs(net, blob_names)
-        wanted = {layer.name: [b.shape for b in layer.blobs] for layer in net.layers}
-        net.copy_from(match_weights(read_net_weights(weights), wanted, str(weights)), str(weights))
         with contextlib.ExitStack() as stack:
             writers = [stack.enter_context(LmdbWriter(p, overwrite=overwrite)) for p in db_paths]
             log.info("Extracting Features")

@@ -8,10 +8,12 @@ layer PS buffers before `forward_layer(i)` / `backward_layer(i)`).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy
 
+from geeps_net.backend import to_host
 from geeps_net.blob import Blob
 from geeps_net.errors import GeepsError, NetError
 from geeps_net.graph import filter_net, insert_splits
@@ -91,9 +93,7 @@ class Net:
         if resident:
             self.bind_resident()
         if weights:
-            from geeps_net.snapshot import read_net_weights
-
-            self.copy_from(read_net_weights(weights), str(weights))
+            self.copy_from(weights)
 
     # -- introspection (pycaffe names) ----------------------------------------------------------
 
@@ -205,17 +205,33 @@ class Net:
         for p in self.learnable:
             p.blob.diff[...] = 0
 
-    def copy_from(self, weights: dict, source: str) -> None:
-        """Caffe's CopyTrainedLayersFrom on a resident net: by layer name, shapes must match."""
-        from geeps_net.snapshot import match_weights
+    def copy_from(self, weights, source: str | None = None) -> None:
+        """Caffe's CopyTrainedLayersFrom on a resident net: by layer name, shapes must match.
+        `weights`: a .caffemodel path (as pycaffe's copy_from), or layer name -> arrays read
+        from `source`."""
+        from geeps_net.snapshot import match_weights, read_net_weights
 
         self._require_resident()
+        if isinstance(weights, (str, os.PathLike)):
+            weights, source = read_net_weights(weights), str(weights)
         wanted = {
             layer.name: [b.shape for b in layer.blobs] for layer in self.layers if layer.blobs
         }
         for name, arrays in match_weights(weights, wanted, source).items():
             for blob, value in zip(self.params[name], arrays):
                 blob.data[...] = self.xp.asarray(value, dtype=blob.dtype).reshape(blob.shape)
+
+    def save(self, path) -> None:
+        """Write the weights as a .caffemodel (HDF5 when `path` ends in .h5), as pycaffe's save."""
+        from geeps_net.snapshot import write_caffemodel
+
+        self._require_resident()
+        layers = [
+            (layer.name, layer.type, [b.name for b in bottoms], [t.name for t in tops],
+             [to_host(b.data) for b in layer.blobs])
+            for layer, bottoms, tops in zip(self.layers, self.bottoms, self.tops)
+        ]  # fmt: skip
+        write_caffemodel(path, self.name, layers)
 
     def close(self) -> None:
         """Stop what layers hold outside blobs (data prefetch threads)."""

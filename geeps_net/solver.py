@@ -63,9 +63,12 @@ class Solver:
         trainer_factory=None,
         data_shard=(0, 1),
         is_root: bool = True,
+        solver_file=None,
     ) -> None:
-        """`trainer_factory(net, rule, param)` builds the trainer (default: ResidentTrainer)."""
+        """`trainer_factory(net, rule, param)` builds the trainer (default: ResidentTrainer);
+        `solver_file`, the prototxt `param` came from, names snapshots without a prefix."""
         self.param, self.xp, self.is_root = param, xp, is_root
+        self.solver_file = solver_file
         self.worker, self.num_workers = data_shard
         # more parts of a snapshot: each called with this worker's .solverstate path (SERVER rule)
         self.snapshot_hooks: list = []
@@ -277,13 +280,15 @@ class Solver:
     # -- snapshots ------------------------------------------------------------------------------
 
     def snapshot_prefix(self) -> str:
+        """Where snapshots go, as Caffe after 1.0 reads snapshot_prefix: empty means the solver
+        file's path without its extension; a folder means the solver's name inside it ("snapshot"
+        stands in for the name of a solver that came from no file)."""
         prefix = self.param.snapshot_prefix
+        stem = Path(self.solver_file).stem if self.solver_file else "snapshot"
         if not prefix:
-            return str(
-                self.solver_dir / "snapshot"
-            )  # Caffe: the solver file's name without extension
+            return str(self.solver_dir / stem)
         if Path(prefix).is_dir():
-            return str(Path(prefix) / "snapshot")
+            return str(Path(prefix) / stem)
         return prefix
 
     def snapshot(self) -> tuple[str, str]:
@@ -374,4 +379,4 @@ class Solver:
 
 def load_solver(path, **kwargs) -> Solver:
     """A Solver from a solver prototxt file."""
-    return Solver(read_solver(path), solver_dir=Path(path).parent, **kwargs)
+    return Solver(read_solver(path), solver_dir=Path(path).parent, solver_file=path, **kwargs)

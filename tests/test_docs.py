@@ -32,6 +32,35 @@ def test_quickstart_names_every_zoo_model():
 def test_doc_links_resolve():
     for doc in (ROOT / "docs").glob("*.md"):
         text = doc.read_text()
-        for name in ("faq.md", "architecture.md", "prototxt.md", "quickstart.md"):
+        for name in ("faq.md", "architecture.md", "prototxt.md", "quickstart.md", "python.md"):
             if f"({name}" in text:
                 assert (ROOT / "docs" / name).is_file()
+
+
+def python_blocks(doc: Path) -> list[str]:
+    """The ```python blocks of a Markdown page, in order."""
+    blocks, current = [], None
+    for line in doc.read_text().splitlines():
+        if current is None and line.strip() == "```python":
+            current = []
+        elif current is not None and line.strip() == "```":
+            blocks.append("\n".join(current))
+            current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+def test_python_page_runs(tmp_path, monkeypatch):
+    """docs/python.md's examples run as written, in order, in one namespace; the training one
+    on the tiny test solver instead of LeNet's (which needs the Fashion-MNIST LMDBs)."""
+    blocks = python_blocks(ROOT / "docs" / "python.md")
+    assert len(blocks) == 3
+    tiny = ROOT / "tests" / "bad_inputs" / "good" / "tiny_solver.prototxt"
+    blocks[1] = blocks[1].replace("solvers/lenet_solver.prototxt", str(tiny))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block.replace('"models/', f'"{ROOT}/models/'), "python.md", "exec"), namespace)
+    assert namespace["solver"].iter == 100 and (tmp_path / "lenet.caffemodel").is_file()
+    assert namespace["label"] == 0 and namespace["pixels"].shape == (1, 4, 4)

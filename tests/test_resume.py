@@ -133,3 +133,28 @@ def test_weights_from_a_caffe_layout_caffemodel(tmp_path):
     forward = numpy.load(LENET / "forward.npz")
     for key in forward:
         assert_allclose(net.blobs[key[4:]].data, forward[key], rtol=1e-3, atol=1e-4, err_msg=key)
+
+
+@pytest.mark.parametrize(
+    "prefix, where",
+    [("", "solvers/my_solver"), ("out", "out/my_solver"), ("out/run1", "out/run1")],
+)
+def test_snapshot_prefix_as_caffe_reads_it(tmp_path, monkeypatch, prefix, where):
+    """Caffe after 1.0: no prefix = the solver file without its extension; a folder = the
+    solver's name in it; anything else is the prefix itself."""
+    from geeps_net.solver import load_solver
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "solvers").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "solvers" / "net.prototxt").write_text(
+        'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 } } }'
+    )
+    text = 'net: "net.prototxt" base_lr: 0.1 lr_policy: "fixed"'
+    text += f' snapshot_prefix: "{prefix}"' if prefix else ""
+    (tmp_path / "solvers" / "my_solver.prototxt").write_text(text)
+    solver = load_solver("solvers/my_solver.prototxt")
+    try:
+        assert solver.snapshot_prefix() == where
+    finally:
+        solver.close()

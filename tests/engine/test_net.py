@@ -68,6 +68,23 @@ def test_pycaffe_api_and_need_backward():
     assert numpy.abs(net.params["ip"][0].diff).sum() > 0
 
 
+@pytest.mark.parametrize("suffix", [".caffemodel", ".caffemodel.h5"])
+def test_save_and_copy_from_a_path_round_trip(tmp_path, suffix):
+    if suffix.endswith(".h5"):
+        pytest.importorskip("h5py")
+    trained = Net(TINY % "", "TRAIN", seed=3)
+    trained.params["ip"][1].data[...] = [1, 2, 3, 4, 5]
+    path = tmp_path / f"tiny{suffix}"
+    trained.save(path)
+    fresh = Net(TINY % "", "TEST", seed=9)
+    assert not numpy.array_equal(fresh.params["ip"][0].data, trained.params["ip"][0].data)
+    fresh.copy_from(path)  # pycaffe's Net.copy_from(filename)
+    for a, b in zip(fresh.params["ip"], trained.params["ip"]):
+        numpy.testing.assert_array_equal(a.data, b.data)
+    loaded = Net(TINY % "", "TEST", weights=path)
+    numpy.testing.assert_array_equal(loaded.params["ip"][1].data, [1, 2, 3, 4, 5])
+
+
 def test_loss_weight_scales_gradient_not_loss():
     a, b = Net(TINY % "", "TRAIN", seed=1), Net(TINY % "loss_weight: 3", "TRAIN", seed=1)
     x, label = numpy.ones((4, 3)), numpy.array([0, 1, 2, 3])
