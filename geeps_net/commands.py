@@ -31,6 +31,8 @@ def _train_flags(p) -> None:
     flag(p, "gpu", default=None, help="GPU id (absent: CPU)")
     flag(p, "sigint_effect", default="stop", choices=["stop", "snapshot", "none"])
     flag(p, "sighup_effect", default="snapshot", choices=["stop", "snapshot", "none"])
+    flag(p, "level", type=int, default=None, help="the train net's NetState level")
+    flag(p, "stage", default="", help="comma-separated stages added to the train net's NetState")
     flag(p, "workers", type=int, default=1, help="worker processes (each also a server shard)")
     flag(p, "machinefile", default="", help="one host per line (worker i on line i)")
     flag(p, "worker_id", type=int, default=None, help="this process's worker id (from 0)")
@@ -75,10 +77,16 @@ def _solve(args, xp, factory, data_shard=(0, 1), is_root=True, prepare=None) -> 
     `prepare(solver, resume)` runs before the first iteration (after a restore)."""
     from geeps_net.solver import load_solver
 
+    def train_state(param) -> None:  # as Caffe's train: -level and -stage set the train net's
+        if args.level is not None:
+            param.train_state.level = args.level
+        param.train_state.stage.extend(s for s in args.stage.split(",") if s)
+
     with _naming_solver(args.solver):
         solver = load_solver(
-            args.solver, xp=xp, trainer_factory=factory, data_shard=data_shard, is_root=is_root
-        )
+            args.solver, edit=train_state, xp=xp, trainer_factory=factory,
+            data_shard=data_shard, is_root=is_root,
+        )  # fmt: skip
     try:
         if is_root:
             _check_snapshot_folder(args.solver, solver.snapshot_prefix())

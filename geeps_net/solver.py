@@ -377,6 +377,10 @@ class Solver:
             net.close()
 
 
-def load_solver(path, **kwargs) -> Solver:
-    """A Solver from a solver prototxt file."""
-    return Solver(read_solver(path), solver_dir=Path(path).parent, solver_file=path, **kwargs)
+def load_solver(path, edit=None, **kwargs) -> Solver:
+    """A Solver from a solver prototxt file; `edit(param)` may change the SolverParameter before
+    the nets are built (the command line's -level and -stage do)."""
+    param = read_solver(path)
+    if edit is not None:
+        edit(param)
+    return Solver(param, solver_dir=Path(path).parent, solver_file=path, **kwargs)

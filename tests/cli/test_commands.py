@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from geeps_net import snapshot
 from geeps_net.cli import main
 from tests.cli.conftest import NET, SOLVER
 
@@ -121,3 +122,28 @@ def test_ps_flags_show_their_defaults(capsys):
                   "--read_my_writes V default true", "--deadline_s V default 60",
                   "--trace_file V default (none)", "--bind V default 127.0.0.1"):  # fmt: skip
         assert shown in text
+
+
+def test_train_level_and_stage_pick_the_train_net(run, tmp_path):
+    """-level and -stage set the train net's NetState, as `caffe train` does: the layers they
+    include are the ones whose weights the snapshot holds."""
+    net = (
+        Path(NET)
+        .read_text()
+        .replace(
+            'layer {\n  name: "loss"',
+            'layer { name: "extra" type: "InnerProduct" bottom: "ip" top: "ip2"\n'
+            '  include { stage: "wide" min_level: 2 }\n'
+            '  inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }\n'
+            'layer {\n  name: "loss"',
+        )
+    )
+    (tmp_path / "net.prototxt").write_text(net)
+    solver = Path(SOLVER).read_text().replace('"tiny_net.prototxt"', '"net.prototxt"')
+    (tmp_path / "solver.prototxt").write_text(solver)
+    for argv, has_extra in (([], False), (["-stage", "wide"], False),
+                            (["-stage", "x,wide", "-level", "2"], True)):  # fmt: skip
+        status, text = run("train", "-solver", "solver.prototxt", "-no_ps", *argv)
+        assert status == 0, text
+        weights = snapshot.read_net_weights(tmp_path / "snap" / "tiny_iter_2.caffemodel")
+        assert ("extra" in weights) == has_extra, argv
