@@ -20,6 +20,8 @@ def _time_flags(p) -> None:
     flag(p, "model", required=True, help="net prototxt")
     flag(p, "iterations", type=int, default=50)
     flag(p, "phase", default="TRAIN", choices=["TRAIN", "TEST"])
+    flag(p, "level", type=int, default=0)
+    flag(p, "stage", default="", help="comma-separated NetState stages")
     flag(p, "gpu", default=None)
     threads_flag(p)
     ps_flags(p)
@@ -35,7 +37,8 @@ def time_net(args) -> int:
     require_files(args, "model", "ps_config")
     set_threads(args.threads)
     xp = array_module(gpu_index(args))
-    net = Net(args.model, args.phase, xp=xp, resident=args.no_ps)
+    stages = [s for s in args.stage.split(",") if s]
+    net = Net(args.model, args.phase, level=args.level, stages=stages, xp=xp, resident=args.no_ps)
     n = len(net.layers)
     seconds = [numpy.zeros(n), numpy.zeros(n)]
     if args.no_ps:

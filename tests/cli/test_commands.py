@@ -54,7 +54,9 @@ def test_train_then_test_through_ps_and_resident_agree(run, tmp_path):
     assert results[0] == results[1] and results[0]
 
 
-@pytest.mark.parametrize("extra", [[], ["-no_ps"]], ids=["ps", "resident"])
+@pytest.mark.parametrize(
+    "extra", [[], ["-no_ps"], ["-level", "1", "-stage", "a,b"]], ids=["ps", "resident", "state"]
+)
 def test_time_prints_caffe_table(run, extra):
     status, text = run("time", "-model", NET, "-iterations", "2", *extra)
     assert status == 0
