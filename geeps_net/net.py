@@ -179,11 +179,21 @@ class Net:
         layer.backward(self.xp, self.tops[i], down, self.bottoms[i])
 
     def forward(self, start: int = 0, end: int | None = None, **inputs) -> dict:
-        """Resident forward from layer `start` to `end`; feeds `inputs` by blob name; returns
-        outputs."""
+        """Resident forward from layer `start` to `end`; feeds `inputs` by blob name (an input of
+        another shape reshapes the net first); returns outputs."""
         self._require_resident()
-        for name, value in inputs.items():
-            self.blobs[name].data[...] = self.xp.asarray(value)
+        values = {name: self.xp.asarray(value) for name, value in inputs.items()}
+        reshaped = False
+        for name, value in values.items():
+            if name not in self.blobs:
+                raise NetError(f'net "{self.name}": no blob "{name}" to feed')
+            if value.shape != self.blobs[name].shape:
+                self.blobs[name].reshape(value.shape)
+                reshaped = True
+        if reshaped:
+            self.reshape()
+        for name, value in values.items():
+            self.blobs[name].data[...] = value
         end = len(self.layers) - 1 if end is None else end
         self.loss = sum(self.forward_layer(i) for i in range(start, end + 1))
         return {name: self.blobs[name].data for name in self.outputs}
@@ -250,16 +260,28 @@ class Net:
                 f'net "{self.name}": blobs are bound by the parameter server, not resident'
             )
 
+    def reshape(self) -> None:
+        """Propagate new input shapes through every layer (pycaffe's Net.reshape, after
+        `net.blobs[name].reshape(shape)`); blobs whose size changed get new zeroed arrays."""
+        self._require_resident()
+        self._reshape_from(0)
+        for i in range(len(self.layers)):
+            self.set_loss_diffs(i)
+
     def _reshape_from(self, start: int) -> None:
-        """Re-run reshape from layer `start` on (data-dependent shapes) and rebind what changed."""
+        """Re-run reshape from layer `start` on (new input or data-dependent shapes); a resident
+        net rebinds the tops and internals whose size changed."""
         for i in range(start, len(self.layers)):
+            layer = self.layers[i]
             before = [(b, b.shape) for b in self.tops[i]]
-            self.layers[i].reshape(self.bottoms[i], self.tops[i])
-            for blob, shape in before:
-                if self.resident and (blob.data is None or blob.shape != shape):
-                    blob.bind(
-                        self.xp.zeros(blob.shape, blob.dtype), self.xp.zeros(blob.shape, blob.dtype)
-                    )
+            layer.reshape(self.bottoms[i], self.tops[i])
+            if not self.resident:
+                continue
+            changed = [b for b, shape in before if b.data is None or b.shape != shape]
+            for blob in changed + [b for b in layer.internals.values() if b.data is None]:
+                blob.bind(
+                    self.xp.zeros(blob.shape, blob.dtype), self.xp.zeros(blob.shape, blob.dtype)
+                )
 
 
 def _as_source(model) -> NetSource:

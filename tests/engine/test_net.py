@@ -85,6 +85,26 @@ def test_save_and_copy_from_a_path_round_trip(tmp_path, suffix):
     numpy.testing.assert_array_equal(loaded.params["ip"][1].data, [1, 2, 3, 4, 5])
 
 
+def test_reshape_to_another_batch_as_pycaffe():
+    net = Net(TINY % "", "TRAIN", seed=3)
+    x = numpy.random.default_rng(0).standard_normal((6, 3))
+    labels = numpy.array([0, 1, 2, 4, 3, 0])
+    loss6 = float(net.forward(x=x, label=labels)["loss"])
+    net.backward()
+    grad6 = net.params["ip"][0].diff.copy()
+    loss2 = float(net.forward(x=x[:2], label=labels[:2])["loss"])  # a new batch size reshapes
+    assert net.blobs["ip"].shape == (2, 5) and loss2 != pytest.approx(loss6)
+    net.blobs["x"].reshape((6, 3))  # pycaffe's way: reshape the input, then the net
+    net.blobs["label"].reshape((6,))
+    net.reshape()
+    net.clear_param_diffs()
+    assert float(net.forward(x=x, label=labels)["loss"]) == pytest.approx(loss6)
+    net.backward()  # the loss diff preset (loss_weight) survived the reshapes
+    numpy.testing.assert_allclose(net.params["ip"][0].diff, grad6)
+    with pytest.raises(NetError, match='no blob "y" to feed'):
+        net.forward(y=x)
+
+
 def test_loss_weight_scales_gradient_not_loss():
     a, b = Net(TINY % "", "TRAIN", seed=1), Net(TINY % "loss_weight: 3", "TRAIN", seed=1)
     x, label = numpy.ones((4, 3)), numpy.array([0, 1, 2, 3])
