@@ -21,6 +21,7 @@ from geeps_net.dataset import (
 from geeps_net.errors import DataError
 from geeps_net.proto import caffe_pb2
 from geeps_net.transform import Transformer, read_mean_file
+from tests.conftest import lmdb_records
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
@@ -43,11 +44,6 @@ def mnist_files(tmp_path, n=7, rows=4, cols=3, gz=True, seed=0):
         images,
         labels,
     )
-
-
-def read_all(path):
-    with lmdb.open(str(path), readonly=True, lock=False) as env, env.begin() as txn:
-        return list(txn.cursor())
 
 
 def caffe_datum_bytes(pixels, label, rows, cols):
@@ -76,7 +72,7 @@ def test_convert_mnist_round_trip(tmp_path, gz):
     images_path, labels_path, images, labels = mnist_files(tmp_path, gz=gz)
     out = tmp_path / "db"
     assert convert_mnist(images_path, labels_path, out, progress=False) == len(images)
-    records = read_all(out)
+    records = lmdb_records(out)
     assert [k for k, _ in records] == [b"%08d" % i for i in range(len(images))]
     for i, (_, value) in enumerate(records):
         assert value == caffe_datum_bytes(images[i], int(labels[i]), 4, 3)  # Caffe's bytes exactly
@@ -134,7 +130,7 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
         convert_mnist(images_path, labels_path, out, progress=False)
     images_path, labels_path, images, _ = mnist_files(tmp_path, n=3, seed=1)
     assert convert_mnist(images_path, labels_path, out, progress=False, overwrite=True) == 3
-    assert len(read_all(out)) == 3
+    assert len(lmdb_records(out)) == 3
 
 
 def test_failure_leaves_nothing_half_written(tmp_path):
@@ -158,7 +154,7 @@ def test_a_failed_last_commit_leaves_nothing(tmp_path):
 def test_map_grows_when_full(tmp_path):
     records = ((b"%08d" % i, bytes(40_000)) for i in range(100))  # 4 MB into a 1 MB map
     assert write_lmdb(tmp_path / "db", records, map_size=1) == 100
-    assert len(read_all(tmp_path / "db")) == 100
+    assert len(lmdb_records(tmp_path / "db")) == 100
 
 
 def test_leveldb_backend_declined(tmp_path):

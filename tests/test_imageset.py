@@ -1,18 +1,15 @@
 """convert_imageset: image lists -> LMDB of Datum, read back by DatumDB and a Data layer."""
 
-import logging
-import signal
-
 import numpy
 import pytest
 from numpy.testing import assert_array_equal
 
-from geeps_net.cli import main
-from geeps_net.dataset import DatumDB, decode_datum
+from geeps_net.dataset import decode_datum
 from geeps_net.errors import DataError
 from geeps_net.imageset import convert_imageset, read_image_list
 from geeps_net.proto import caffe_pb2
 from geeps_net.testing import LayerRig, make_layer
+from tests.conftest import lmdb_records
 
 pil = pytest.importorskip("PIL.Image", reason="Pillow (extra 'image') is not installed")
 
@@ -37,14 +34,6 @@ def images(tmp_path):
     return f"{root}/", listing, rgbs
 
 
-def records(path):
-    db = DatumDB(path)
-    try:
-        return list(db.items())
-    finally:
-        db.close()
-
-
 def datum(value: bytes) -> caffe_pb2.Datum:
     d = caffe_pb2.Datum()
     d.ParseFromString(value)
@@ -67,7 +56,7 @@ def test_list_parsing_names_the_line(tmp_path):
 def test_raw_pixels_keys_and_labels_as_caffe(images, tmp_path):
     root, listing, rgbs = images
     assert convert_imageset(root, listing, tmp_path / "db", progress=False) == 4
-    got = records(tmp_path / "db")
+    got = lmdb_records(tmp_path / "db")
     assert [k for k, _ in got] == [b"00000000_a.png", b"00000001_sub/b c.png", b"00000002_d.png",
                                    b"00000003_e.png"]  # fmt: skip
     for (_, value), rgb, label in zip(got, rgbs, (3, 1, 4, 1)):
@@ -81,7 +70,7 @@ def test_raw_pixels_keys_and_labels_as_caffe(images, tmp_path):
 def test_gray_and_resize(images, tmp_path):
     root, listing, rgbs = images
     convert_imageset(root, listing, tmp_path / "db", gray=True, resize=(3, 2), progress=False)
-    for (_, value), rgb in zip(records(tmp_path / "db"), rgbs):
+    for (_, value), rgb in zip(lmdb_records(tmp_path / "db"), rgbs):
         pixels, _ = decode_datum(value)
         want = pil.fromarray(rgb).convert("L").resize((2, 3), pil.Resampling.BILINEAR)
         assert_array_equal(pixels, numpy.asarray(want)[None])
@@ -95,7 +84,7 @@ def test_shuffle_is_a_seeded_permutation(images, tmp_path):
     for i, seed in enumerate((5, 5, 6)):
         convert_imageset(root, listing, tmp_path / f"db{i}", shuffle=True, seed=seed,
                          progress=False)  # fmt: skip
-        keys = [k.decode() for k, _ in records(tmp_path / f"db{i}")]
+        keys = [k.decode() for k, _ in lmdb_records(tmp_path / f"db{i}")]
         assert [k[:9] for k in keys] == [f"{j:08d}_" for j in range(4)]
         orders.append([k[9:] for k in keys])
     assert sorted(orders[0]) == ["a.png", "d.png", "e.png", "sub/b c.png"]
@@ -106,18 +95,18 @@ def test_shuffle_is_a_seeded_permutation(images, tmp_path):
 def test_encoded_stores_the_file_or_re_encodes(images, tmp_path):
     root, listing, rgbs = images
     convert_imageset(root, listing, tmp_path / "as_is", encoded=True, progress=False)
-    for (key, value), rgb in zip(records(tmp_path / "as_is"), rgbs):
+    for (key, value), rgb in zip(lmdb_records(tmp_path / "as_is"), rgbs):
         d = datum(value)
         assert d.encoded
         assert d.data == (tmp_path / "root" / key.decode()[9:]).read_bytes()  # the file itself
         assert_array_equal(decode_datum(value)[0], bgr(rgb))
     convert_imageset(root, listing, tmp_path / "bmp", encoded=True, encode_type="bmp",
                      progress=False)  # fmt: skip
-    for (_, value), rgb in zip(records(tmp_path / "bmp"), rgbs):
+    for (_, value), rgb in zip(lmdb_records(tmp_path / "bmp"), rgbs):
         assert datum(value).data[:2] == b"BM"
         assert_array_equal(decode_datum(value)[0], bgr(rgb))  # BMP is lossless
     convert_imageset(root, listing, tmp_path / "gray", encoded=True, gray=True, progress=False)
-    for (_, value), rgb in zip(records(tmp_path / "gray"), rgbs):
+    for (_, value), rgb in zip(lmdb_records(tmp_path / "gray"), rgbs):
         want = numpy.asarray(pil.fromarray(rgb).convert("L"))[None]
         assert_array_equal(decode_datum(value)[0], want)  # re-encoded grey, not the colour file
     with pytest.raises(DataError, match="encode_type 'xyz': Pillow cannot write this format"):
@@ -152,20 +141,12 @@ def test_data_layer_trains_on_the_converted_db(images, tmp_path):
         layer.close()
 
 
-def test_cli_verb(images, tmp_path, monkeypatch, capsys):
+def test_cli_verb(images, tmp_path, run):
     root, listing, _ = images
-    monkeypatch.chdir(tmp_path)
-    root_logger = logging.getLogger()
-    saved = (root_logger.handlers[:], root_logger.level, signal.getsignal(signal.SIGINT))
-    try:
-        status = main(["convert_imageset", "-resize_height", "4", "-resize_width", "4",
-                       "-shuffle", "-seed", "1", root, str(listing), "out_lmdb"])  # fmt: skip
-        assert status == 0
-        assert "Processed 4 files." in capsys.readouterr().err
-        shapes = {decode_datum(v)[0].shape for _, v in records(tmp_path / "out_lmdb")}
-        assert shapes == {(3, 4, 4)}
-        assert main(["convert_imageset", root, str(listing), "out_lmdb"]) == 1  # exists
-        assert "out_lmdb: already exists" in capsys.readouterr().err
-    finally:
-        root_logger.handlers[:], root_logger.level = saved[0], saved[1]
-        signal.signal(signal.SIGINT, saved[2])
+    status, err = run("convert_imageset", "-resize_height", "4", "-resize_width", "4", "-shuffle",
+                      "-seed", "1", root, listing, "out_lmdb")  # fmt: skip
+    assert status == 0 and "Processed 4 files." in err
+    shapes = {decode_datum(v)[0].shape for _, v in lmdb_records(tmp_path / "out_lmdb")}
+    assert shapes == {(3, 4, 4)}
+    status, err = run("convert_imageset", root, listing, "out_lmdb")
+    assert status == 1 and "out_lmdb: already exists" in err

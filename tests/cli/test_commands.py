@@ -1,9 +1,7 @@
 """The verbs end to end in-process: train, test and time with and without the PS; trace files."""
 
 import json
-import logging
 import re
-import signal
 import sys
 from pathlib import Path
 
@@ -15,28 +13,6 @@ from tests.cli.conftest import NET, SOLVER
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import trace_summary  # noqa: E402
-
-
-@pytest.fixture
-def run(tmp_path, monkeypatch, capsys):
-    """main(argv) in tmp_path, restoring what it changes; returns (status, log text)."""
-    monkeypatch.chdir(tmp_path)
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-
-    def call(*argv):
-        capsys.readouterr()
-        try:
-            status = main(list(argv))
-        finally:
-            root.handlers[:] = saved[0]
-            root.setLevel(saved[1])
-            for s, h in signals.items():
-                signal.signal(s, h)
-        return status, capsys.readouterr().err
-
-    return call
 
 
 def test_train_then_test_through_ps_and_resident_agree(run, tmp_path):

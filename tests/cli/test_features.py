@@ -1,16 +1,14 @@
 """extract_features: a trained net's blobs, image by image, into LMDBs a Data layer reads back."""
 
-import logging
-
 import numpy
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 from geeps_net import snapshot
-from geeps_net.cli import main
-from geeps_net.dataset import DatumDB, decode_datum
+from geeps_net.dataset import decode_datum
 from geeps_net.proto import caffe_pb2
 from tests.cli.conftest import datum_lmdb
+from tests.conftest import lmdb_records
 
 NET = """name: "feat"
 layer { name: "data" type: "Data" top: "data" top: "label"
@@ -24,34 +22,14 @@ W, B = RNG.standard_normal((3, 16)).astype(numpy.float32), numpy.float32([0.5, -
 
 
 @pytest.fixture
-def job(tmp_path, monkeypatch, capsys):
+def job(tmp_path, run):
     """tmp_path holding db (6 records of 1x4x4, pixel value = index), net.prototxt and
-    ip.caffemodel; returns a runner of main(argv) -> (status, stderr)."""
-    monkeypatch.chdir(tmp_path)
+    ip.caffemodel; returns `run` (main(argv) -> (status, stderr)) in it."""
     datum_lmdb(tmp_path / "db")
     (tmp_path / "net.prototxt").write_text(NET)
     snapshot.write_caffemodel(tmp_path / "ip.caffemodel", "feat", [("ip", "InnerProduct", [], [],
                               [W, B])])  # fmt: skip
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-
-    def call(*argv):
-        try:
-            status = main([str(a) for a in argv])
-        finally:
-            root.handlers[:], _ = saved
-            root.setLevel(saved[1])
-        return status, capsys.readouterr().err
-
-    return call
-
-
-def records(path):
-    db = DatumDB(path)
-    try:
-        return list(db.items())
-    finally:
-        db.close()
+    return run
 
 
 def test_features_per_image_as_caffe_writes_them(job, tmp_path):
@@ -61,7 +39,7 @@ def test_features_per_image_as_caffe_writes_them(job, tmp_path):
     assert "Extracted features of 8 query images for feature blob ip" in err
     assert "Successfully extracted the features!" in err
     order = [0, 1, 2, 3, 4, 5, 0, 1]  # 4 batches of 2 wrap around the 6 records
-    ip, data = records(tmp_path / "ip_lmdb"), records(tmp_path / "data_lmdb")
+    ip, data = lmdb_records(tmp_path / "ip_lmdb"), lmdb_records(tmp_path / "data_lmdb")
     assert [k for k, _ in ip] == [b"%010d" % i for i in range(8)] == [k for k, _ in data]
     for (_, value), (_, pixels), i in zip(ip, data, order):
         datum = caffe_pb2.Datum()

@@ -1,13 +1,10 @@
 """upgrade_net_proto_text / _binary and upgrade_solver_proto_text: legacy files -> current ones."""
 
-import logging
-
 import numpy
 import pytest
 from google.protobuf import text_format
 from numpy.testing import assert_array_equal
 
-from geeps_net.cli import main
 from geeps_net.net import Net
 from geeps_net.proto import caffe_pb2
 from geeps_net.prototxt import parse_net, read_net, read_solver
@@ -35,24 +32,6 @@ layers { layer { name: "relu1" type: "relu" } bottom: "conv1" top: "conv1" }
 layers { layer { name: "pool1" type: "pool" pool: MAX kernelsize: 2 stride: 2 }
   bottom: "conv1" top: "pool1" }
 """
-
-
-@pytest.fixture
-def run(tmp_path, monkeypatch, capsys):
-    """main(argv) in tmp_path, restoring the root logger; returns (status, stderr)."""
-    monkeypatch.chdir(tmp_path)
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-
-    def call(*argv):
-        try:
-            status = main([str(a) for a in argv])
-        finally:
-            root.handlers[:], _ = saved
-            root.setLevel(saved[1])
-        return status, capsys.readouterr().err
-
-    return call
 
 
 @pytest.mark.parametrize("text", [V1_NET, V0_NET], ids=["V1", "V0"])
