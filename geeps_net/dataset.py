@@ -1,9 +1,10 @@
-"""Data sets as Caffe keeps them: IDX in, LMDB of serialized Datum out, mean files, reading back.
+"""Data sets as Caffe keeps them: IDX in, serialized Datum out, mean files.
 
-`convert_mnist` turns MNIST / Fashion-MNIST IDX files into the LMDB that Caffe's convert_mnist_data
-writes (keys b"%08d", Datum 1 x 28 x 28 uint8 + label); `compute_image_mean` writes the binaryproto
-mean of such a DB; `DatumDB` reads one back for the Data layer. The batch Transformer lives in
-`geeps_net.transform` (re-exported here).
+`convert_mnist` turns MNIST / Fashion-MNIST IDX files into the LMDB (or LevelDB) that Caffe's
+convert_mnist_data writes (keys b"%08d", Datum 1 x 28 x 28 uint8 + label); `compute_image_mean`
+writes the binaryproto mean of such a DB; `encode_datum` / `decode_datum` make and read records.
+The databases themselves are `geeps_net.datumdb`'s, the batch Transformer `geeps_net.transform`'s
+(both re-exported here).
 """
 
 from __future__ import annotations
@@ -11,20 +12,23 @@ from __future__ import annotations
 import gzip
 import logging
 import math
-import os
 import struct
-import threading
 import zlib
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import lmdb
 import numpy
 from google.protobuf.message import DecodeError
 from tqdm import tqdm
 
+from geeps_net.datumdb import (  # noqa: F401  (re-exported)
+    LmdbWriter,
+    check_output,
+    open_db,
+    write_db,
+    write_lmdb,
+)
 from geeps_net.errors import DataError
-from geeps_net.fileio import atomic_directory, write_atomic
+from geeps_net.fileio import write_atomic
 from geeps_net.proto import caffe_pb2
 from geeps_net.transform import Transformer, read_mean_file  # noqa: F401  (re-exported)
 
@@ -32,7 +36,6 @@ log = logging.getLogger(__name__)
 
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # IDX: 0x0803 = uint8 x 3 dims, 0x0801 = uint8 x 1 dim
 _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-_COMMIT_EVERY = 1000  # records per LMDB write transaction, as convert_mnist_data
 
 
 # -- IDX ----------------------------------------------------------------------------------------
@@ -154,148 +157,7 @@ def pil_to_chw(image, color: bool) -> numpy.ndarray:
 # -- LMDB -----------------------------------------------------------------------------------------
 
 
-def write_lmdb(
-    out_path,
-    records: Iterable[tuple[bytes, bytes]],
-    *,
-    map_size: int = 1 << 26,
-    overwrite: bool = False,
-) -> int:
-    """Write (key, value) records to a new LMDB directory `out_path`; returns the record count.
-
-    The DB is built in a temporary directory beside `out_path` and renamed into place at the end, so
-    a failure leaves no half-written DB. The map grows (doubling) whenever it fills.
-    """
-    with LmdbWriter(out_path, map_size=map_size, overwrite=overwrite) as writer:
-        for key, value in records:
-            writer.put(key, value)
-    return writer.count
-
-
-class LmdbWriter:
-    """A new LMDB directory written record by record: `with LmdbWriter(path) as w: w.put(k, v)`.
-
-    Built in a temporary directory beside the path and renamed into place when the block ends
-    without an exception; after one, nothing is left. Commits every 1000 records; the map grows
-    (doubling) whenever it fills. `count` is the number of records put.
-    """
-
-    def __init__(self, out_path, *, map_size: int = 1 << 26, overwrite: bool = False) -> None:
-        self.out, self.map_size, self.overwrite = Path(out_path), map_size, overwrite
-        self.count = 0
-        self._chunk: list[tuple[bytes, bytes]] = []
-
-    def __enter__(self) -> LmdbWriter:
-        check_output(self.out, self.overwrite)
-        self._atomic = atomic_directory(self.out, overwrite=self.overwrite)
-        tmp = self._atomic.__enter__()
-        size = max(int(self.map_size), 1 << 20)
-        self._env = lmdb.open(str(tmp), map_size=size, subdir=True, meminit=False)
-        return self
-
-    def put(self, key: bytes, value: bytes) -> None:
-        """Add one record (written with the next commit)."""
-        self._chunk.append((key, value))
-        if len(self._chunk) == _COMMIT_EVERY:
-            self._commit()
-
-    def __exit__(self, kind, error, trace) -> bool:
-        try:
-            if kind is None:
-                self._commit()
-                self._env.sync(True)
-        except BaseException as e:  # the last commit failed: discard the DB as for any error
-            kind, error, trace = type(e), e, e.__traceback__
-            raise
-        finally:
-            self._env.close()
-            self._atomic.__exit__(kind, error, trace)  # renames it into place, or removes it
-        return False
-
-    def _commit(self) -> None:
-        while True:
-            try:
-                with self._env.begin(write=True) as txn:  # aborted on any exception
-                    for key, value in self._chunk:
-                        txn.put(key, value)
-                break
-            except lmdb.MapFullError:
-                self._env.set_mapsize(self._env.info()["map_size"] * 2)
-        self.count += len(self._chunk)
-        self._chunk = []
-
-
-class DatumDB:
-    """A read-only LMDB of serialized Datum (the Data layer's source); records in key byte order.
-
-    py-lmdb allows one open Environment per path and process, and several layers (a TRAIN and a
-    TEST net, workers in one process) may read the same DB: environments are shared, counted, and
-    closed by the last `close()`.
-    """
-
-    _open: dict[str, list] = {}  # real path -> [Environment, users]
-    _open_lock = threading.Lock()
-
-    def __init__(self, path, who: str = "") -> None:
-        self.path = Path(path)
-        prefix = f"{who}: source " if who else ""  # a layer's source; a tool's argument
-        if not (self.path / "data.mdb").is_file():
-            missing = not self.path.exists()
-            what = "no such file or directory" if missing else "not an LMDB directory"
-            raise DataError(f"{prefix}{self.path}: {what}")
-        self._key = os.path.realpath(self.path)
-        with self._open_lock:
-            entry = self._open.get(self._key)
-            if entry is None:
-                try:
-                    env = lmdb.open(self._key, readonly=True, lock=False, subdir=True)
-                except lmdb.Error as e:
-                    raise DataError(f"{prefix}{self.path}: cannot open LMDB ({e})") from None
-                entry = self._open[self._key] = [env, 0]
-            entry[1] += 1
-        self.env = entry[0]
-        self.size = self.env.stat()["entries"]
-        if self.size == 0:
-            self.close()
-            raise DataError(f"{prefix}{self.path}: the database is empty")
-
-    def first(self) -> tuple[bytes, bytes]:
-        """(key, value) of the first record."""
-        with self.env.begin() as txn:
-            cursor = txn.cursor()
-            cursor.first()
-            return cursor.key(), cursor.value()
-
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every (key, value) in key order, once."""
-        with self.env.begin() as txn:
-            yield from txn.cursor()
-
-    def close(self) -> None:
-        """Let go of the environment; the last user closes it. Idempotent."""
-        if self.env is None:
-            return
-        with self._open_lock:
-            entry = self._open[self._key]
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self._open[self._key]
-                entry[0].close()
-        self.env = None
-
-
 # -- tools ----------------------------------------------------------------------------------------
-
-
-def check_output(out: Path, overwrite: bool, directory: bool = True) -> None:
-    """Refuse an output that cannot be written, before any input is read: an existing one (unless
-    `overwrite`; a file where a directory goes, or the reverse), or one whose folder is missing."""
-    if out.exists() and not overwrite:
-        raise DataError(f"{out}: already exists (remove it, or use -overwrite / overwrite=True)")
-    if out.exists() and out.is_dir() != directory:
-        raise DataError(f"{out}: exists and is {'a file' if directory else 'a directory'}")
-    if not out.absolute().parent.is_dir():
-        raise DataError(f"{out}: cannot write: folder {out.parent} does not exist")
 
 
 def convert_mnist(
@@ -306,14 +168,11 @@ def convert_mnist(
     progress: bool = True,
     overwrite: bool = False,
 ) -> int:
-    """IDX images + labels -> LMDB of Datum (1, rows, cols, uint8, label), keys b"%08d".
-
-    Returns the record count.
+    """IDX images + labels -> LMDB (or LevelDB) of Datum (1, rows, cols, uint8, label), keys
+    b"%08d". Returns the record count.
 
     The same records, byte for byte, as Caffe's convert_mnist_data.
     """
-    if backend.lower() != "lmdb":
-        raise DataError(f"convert_mnist: backend {backend!r} is not supported (use lmdb)")
     out = Path(out_path)
     check_output(out, overwrite)
     images = read_idx(images_path, IMAGES_MAGIC)
@@ -333,19 +192,20 @@ def convert_mnist(
             datum.label = int(labels[i])
             yield b"%08d" % i, datum.SerializeToString()
 
-    # Room for every record plus LMDB's page overhead; write_lmdb grows the map if this is short.
-    return write_lmdb(out, records(), map_size=2 * n * (rows * cols + 64), overwrite=overwrite)
+    # Room for every record plus LMDB's page overhead; the writer grows the map if this is short.
+    size = 2 * n * (rows * cols + 64)
+    return write_db(out, records(), backend=backend, map_size=size, overwrite=overwrite)
 
 
 def compute_image_mean(db_path, out_path, progress: bool = True) -> numpy.ndarray:
-    """Mean of every Datum in an LMDB, written as a BlobProto (1, C, H, W) binaryproto.
+    """Mean of every Datum in an LMDB or LevelDB, written as a BlobProto (1, C, H, W) binaryproto.
 
     Returns the mean (C, H, W).
 
     As Caffe's compute_image_mean: pixel sums divided by the record count in float32.
     """
     check_output(Path(out_path), overwrite=True, directory=False)
-    db = DatumDB(db_path)
+    db = open_db(db_path)
     total, shape = None, None
     try:
         bar = tqdm(

@@ -17,7 +17,7 @@ import numpy
 from tqdm import tqdm
 
 from geeps_net.backend import to_host
-from geeps_net.dataset import LmdbWriter
+from geeps_net.datumdb import db_writer
 from geeps_net.errors import DataError, NetError
 from geeps_net.net import Net
 from geeps_net.proto import caffe_pb2
@@ -32,13 +32,14 @@ def extract_features(
     db_paths: list,
     num_batches: int,
     *,
+    backend: str = "lmdb",
     xp=numpy,
     progress: bool = True,
     overwrite: bool = False,
 ) -> list[int]:
     """Run `num_batches` forward passes of `model` with `weights` and write blob i's per-image
-    features to the new LMDB `db_paths[i]`; returns the images written to each DB. No DB is
-    left behind when anything fails."""
+    features to the new LMDB (or LevelDB: `backend`) `db_paths[i]`; returns the images written
+    to each DB. No DB is left behind when anything fails."""
     if len(blob_names) != len(db_paths):
         raise DataError(
             f"{len(blob_names)} feature blobs but {len(db_paths)} dataset names: give one each"
@@ -48,7 +49,9 @@ def extract_features(
     with Net(model, caffe_pb2.TEST, weights, xp=xp) as net:
         _check_blobs(net, blob_names)
         with contextlib.ExitStack() as stack:
-            writers = [stack.enter_context(LmdbWriter(p, overwrite=overwrite)) for p in db_paths]
+            writers = [
+                stack.enter_context(db_writer(p, backend, overwrite=overwrite)) for p in db_paths
+            ]
             log.info("Extracting Features")
             bar = tqdm(range(num_batches), desc="extract_features", unit="batch",
                        disable=None if progress else True)  # fmt: skip

@@ -1,4 +1,4 @@
-"""Image lists ("path label" per line) and Caffe's convert_imageset: images -> an LMDB of Datum.
+"""Image lists ("path label" per line) and Caffe's convert_imageset: images -> LMDB of Datum.
 
     count = convert_imageset("photos/", "train.txt", "train_lmdb", resize=(256, 256), shuffle=True)
 
@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy
 from tqdm import tqdm
 
-from geeps_net.dataset import check_output, import_pillow, pil_to_chw, write_lmdb
+from geeps_net.dataset import import_pillow, pil_to_chw
+from geeps_net.datumdb import check_output, write_db
 from geeps_net.errors import DataError
 from geeps_net.proto import caffe_pb2
 
@@ -75,10 +76,12 @@ def convert_imageset(
     check_size: bool = False,
     encoded: bool = False,
     encode_type: str = "",
+    backend: str = "lmdb",
     progress: bool = True,
     overwrite: bool = False,
 ) -> int:
-    """The images of `list_file` (paths relative to `root_folder`) -> a new LMDB of Datum, keys
+    """The images of `list_file` (paths relative to `root_folder`) -> a new LMDB (or LevelDB:
+    `backend`) of Datum, keys
     b"%08d_<path>" in list order (shuffled first if `shuffle`, by `seed`); returns the count.
 
     As Caffe's convert_imageset: raw Datums hold C x H x W uint8 pixels; `encoded` stores the
@@ -112,7 +115,7 @@ def convert_imageset(
                 raise DataError(f"{where}: {path} has shape {shape}, the first image {first}")
             yield f"{index:08d}_{path}".encode(), datum.SerializeToString()
 
-    return write_lmdb(out, records(), overwrite=overwrite)
+    return write_db(out, records(), backend=backend, overwrite=overwrite)
 
 
 class _DatumReader:

@@ -86,13 +86,13 @@ command("draw_net", "draw a net prototxt as a graph (.png/.svg/.dot)")(draw_net)
 def _convert_flags(p) -> None:
     p.add_argument("images", help="IDX image file (.gz or raw)")
     p.add_argument("labels", help="IDX label file (.gz or raw)")
-    p.add_argument("output", help="LMDB to create")
-    flag(p, "backend", default="lmdb", choices=["lmdb"])
+    p.add_argument("output", help="database to create")
+    flag(p, "backend", default="lmdb", choices=["lmdb", "leveldb"])
     flag(p, "overwrite", action="store_true")
 
 
 def convert_mnist(args) -> int:
-    """MNIST / Fashion-MNIST IDX files -> LMDB of Datum (Caffe's convert_mnist_data)."""
+    """MNIST / Fashion-MNIST IDX files -> LMDB or LevelDB of Datum (convert_mnist_data)."""
     from geeps_net.dataset import convert_mnist as convert
 
     count = convert(
@@ -109,11 +109,11 @@ command("convert_mnist", "convert MNIST-format IDX files to an LMDB")(convert_mn
 def _imageset_flags(p) -> None:
     p.add_argument("root_folder", help="folder the list's paths are relative to (ends with /)")
     p.add_argument("list_file", help='one "path label" per line')
-    p.add_argument("output", help="LMDB to create")
+    p.add_argument("output", help="database to create")
     flag(p, "gray", action="store_true", help="store one grey channel")
     flag(p, "shuffle", action="store_true", help="shuffle the list first")
     flag(p, "seed", type=int, default=None, help="seed of -shuffle (absent: random)")
-    flag(p, "backend", default="lmdb", choices=["lmdb"])
+    flag(p, "backend", default="lmdb", choices=["lmdb", "leveldb"])
     flag(p, "resize_height", type=int, default=0, help="with -resize_width: resize every image")
     flag(p, "resize_width", type=int, default=0)
     flag(p, "check_size", action="store_true", help="every image must have the first's shape")
@@ -137,6 +137,7 @@ def convert_imageset(args) -> int:
         check_size=args.check_size,
         encoded=args.encoded,
         encode_type=args.encode_type,
+        backend=args.backend,
         overwrite=args.overwrite,
     )
     log.info("Processed %d files.", count)
@@ -148,7 +149,7 @@ command("convert_imageset", "convert a list of images to an LMDB")(convert_image
 
 
 def _mean_flags(p) -> None:
-    p.add_argument("db", help="LMDB of Datum")
+    p.add_argument("db", help="LMDB or LevelDB of Datum")
     p.add_argument("output", help="mean .binaryproto to write")
 
 
@@ -170,7 +171,7 @@ def _features_flags(p) -> None:
     p.add_argument("blobs", help="comma-separated blob names to extract")
     p.add_argument("datasets", help="comma-separated LMDBs to create, one per blob")
     p.add_argument("num_mini_batches", type=int, help="forward passes to run")
-    p.add_argument("db_type", nargs="?", default="lmdb", choices=["lmdb"])
+    p.add_argument("db_type", nargs="?", default="lmdb", choices=["lmdb", "leveldb"])
     p.add_argument("mode", nargs="?", default="CPU", choices=["CPU", "GPU"])
     p.add_argument("device_id", nargs="?", type=int, default=0)
     flag(p, "overwrite", action="store_true")
@@ -190,6 +191,7 @@ def extract_features(args) -> int:
         args.blobs.split(","),
         args.datasets.split(","),
         args.num_mini_batches,
+        backend=args.db_type,
         xp=xp,
         overwrite=args.overwrite,
     )

@@ -10,7 +10,6 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 from geeps_net.dataset import (
-    DatumDB,
     compute_image_mean,
     convert_mnist,
     decode_datum,
@@ -18,6 +17,7 @@ from geeps_net.dataset import (
     read_idx,
     write_lmdb,
 )
+from geeps_net.datumdb import backend_of, open_db, write_db
 from geeps_net.errors import DataError
 from geeps_net.proto import caffe_pb2
 from geeps_net.transform import Transformer, read_mean_file
@@ -157,10 +157,22 @@ def test_map_grows_when_full(tmp_path):
     assert len(lmdb_records(tmp_path / "db")) == 100
 
 
-def test_leveldb_backend_declined(tmp_path):
-    images_path, labels_path, *_ = mnist_files(tmp_path)
-    with pytest.raises(DataError, match="leveldb"):
-        convert_mnist(images_path, labels_path, tmp_path / "db", backend="leveldb")
+@pytest.mark.parametrize("backend", ["lmdb", "leveldb"])
+def test_convert_mnist_to_either_backend(tmp_path, backend):
+    if backend == "leveldb":
+        pytest.importorskip("plyvel", reason="plyvel (extra 'leveldb') is not installed")
+    images_path, labels_path, images, labels = mnist_files(tmp_path)
+    out = tmp_path / "db"
+    assert convert_mnist(images_path, labels_path, out, backend, progress=False) == len(images)
+    assert backend_of(out) == backend
+    with open_db(out) as db:
+        got = list(db.items())
+    assert [k for k, _ in got] == [b"%08d" % i for i in range(len(images))]
+    for (_, value), image, label in zip(got, images, labels):
+        pixels, got_label = decode_datum(value)
+        assert_array_equal(pixels[0], image) and got_label == label
+    with pytest.raises(DataError, match="backend 'hdf5' is not one of lmdb, leveldb"):
+        convert_mnist(images_path, labels_path, tmp_path / "db2", backend="hdf5")
 
 
 # -- Datum and mean file --------------------------------------------------------------------------
@@ -190,14 +202,37 @@ def test_compute_image_mean(tmp_path):
     assert_allclose(read_mean_file(tmp_path / "mean.binaryproto"), expected, rtol=1e-6)
 
 
-def test_datum_db_shared_and_missing(tmp_path):
-    write_lmdb(tmp_path / "db", [(b"a", encode_datum(numpy.zeros((1, 1, 1), numpy.uint8), 0))])
-    first, second = DatumDB(tmp_path / "db"), DatumDB(tmp_path / "db")  # one env per process
+@pytest.mark.parametrize("backend", ["lmdb", "leveldb"])
+def test_datum_db_shared_and_missing(tmp_path, backend):
+    if backend == "leveldb":
+        pytest.importorskip("plyvel", reason="plyvel (extra 'leveldb') is not installed")
+    zero = encode_datum(numpy.zeros((1, 1, 1), numpy.uint8), 0)
+    write_db(tmp_path / "db", [(b"a", zero), (b"b", zero)], backend=backend)
+    # one LMDB environment / one LevelDB lock holder per process: opens are shared and counted
+    first, second = open_db(tmp_path / "db"), open_db(tmp_path / "db", backend=backend)
+    assert first.handle is second.handle and first.size == second.size == 2
     first.close()
     assert second.first()[0] == b"a"
+    cycle = second.cycle(1)
+    assert [cycle.next()[0] for _ in range(3)] == [b"b", b"a", b"b"]  # wraps around
+    cycle.close()
     second.close()
     with pytest.raises(DataError, match=r"who: source .*nope: no such file"):
-        DatumDB(tmp_path / "nope", "who")
+        open_db(tmp_path / "nope", "who")
+
+
+def test_leveldb_writer_failure_leaves_nothing(tmp_path):
+    pytest.importorskip("plyvel", reason="plyvel (extra 'leveldb') is not installed")
+
+    def records():
+        for i in range(1500):  # fails after one written batch
+            if i == 1200:
+                raise RuntimeError("disk on fire")
+            yield b"%08d" % i, b"x"
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_db(tmp_path / "db", records(), backend="leveldb")
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- Transformer ----------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""convert_imageset: image lists -> LMDB of Datum, read back by DatumDB and a Data layer."""
+"""convert_imageset: image lists -> LMDB (or LevelDB) of Datum, read back and by a Data layer."""
 
 import numpy
 import pytest
 from numpy.testing import assert_array_equal
 
 from geeps_net.dataset import decode_datum
+from geeps_net.datumdb import open_db
 from geeps_net.errors import DataError
 from geeps_net.imageset import convert_imageset, read_image_list
 from geeps_net.proto import caffe_pb2
@@ -111,6 +112,16 @@ def test_encoded_stores_the_file_or_re_encodes(images, tmp_path):
         assert_array_equal(decode_datum(value)[0], want)  # re-encoded grey, not the colour file
     with pytest.raises(DataError, match="encode_type 'xyz': Pillow cannot write this format"):
         convert_imageset(root, listing, tmp_path / "x", encoded=True, encode_type="xyz")
+
+
+def test_leveldb_backend(images, tmp_path):
+    pytest.importorskip("plyvel", reason="plyvel (extra 'leveldb') is not installed")
+    root, listing, rgbs = images
+    convert_imageset(root, listing, tmp_path / "db", backend="leveldb", progress=False)
+    with open_db(tmp_path / "db", backend="leveldb") as db:
+        got = list(db.items())
+    assert [k for k, _ in got][:1] == [b"00000000_a.png"]
+    assert_array_equal(decode_datum(got[0][1])[0], bgr(rgbs[0]))
 
 
 def test_bad_images_name_the_list_line_and_write_nothing(images, tmp_path):

@@ -9,7 +9,7 @@ fi
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
-python -m pip install --quiet -e ".[dev,hdf5,image,plot]"
+python -m pip install --quiet -e ".[dev,hdf5,image,leveldb,plot]"
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1  # one BLAS thread per test process
 set +e
 python -m pytest -q -n 2 "$@"

@@ -14,11 +14,11 @@ import copy
 import logging
 import queue
 import threading
-from pathlib import Path
 
 import numpy
 
-from geeps_net.dataset import DatumDB, decode_datum, import_pillow
+from geeps_net.dataset import decode_datum, import_pillow
+from geeps_net.datumdb import backend_of, open_db
 from geeps_net.errors import DataError
 from geeps_net.imageset import load_image, read_image_list
 from geeps_net.layer import Layer, register
@@ -172,7 +172,8 @@ class PrefetchingDataLayer(Layer):
 
 @register("Data")
 class DataLayer(PrefetchingDataLayer):
-    """Batches of Datum from an LMDB, transformed: tops data (N, C, H', W') and optional label (N,).
+    """Batches of Datum from an LMDB or LevelDB, transformed: tops data (N, C, H', W') and
+    optional label (N,).
 
     Records are read in key order from a random start in [0, rand_skip), wrapping at the end.
     """
@@ -182,11 +183,11 @@ class DataLayer(PrefetchingDataLayer):
     def setup(self, bottoms, tops):
         p = self.layer_param.data_param
         self.source = p.source
-        self._check_backend(p)
+        backend = self._backend(p)
         if p.batch_size <= 0:
             raise self.error("data_param.batch_size must be positive")
         self.batch_size, self.prefetch = p.batch_size, p.prefetch
-        self.db = DatumDB(p.source, f'layer "{self.name}" ({self.type})')
+        self.db = open_db(p.source, f'layer "{self.name}" ({self.type})', backend)
         try:
             self._check_shard(self.db.size)
             self._learn_shapes(transform_param_of(self.layer_param, p))
@@ -194,7 +195,7 @@ class DataLayer(PrefetchingDataLayer):
             self.close()
             raise
         self._records = int(self.rng.integers(p.rand_skip)) if p.rand_skip else 0
-        self._cursor = self._txn = None
+        self._reader = None
 
     def _learn_shapes(self, transform_param) -> None:
         """The first record's (C, H, W) and the transformed (C, H', W')."""
@@ -208,19 +209,19 @@ class DataLayer(PrefetchingDataLayer):
                 raise
             raise self.data_error(str(e)) from None
 
-    def _check_backend(self, p) -> None:
+    def _backend(self, p) -> str:
+        """ "lmdb" or "leveldb", as data_param says; Caffe's default, LEVELDB, left unset over a
+        source that is an LMDB reads it as one (with a warning), as this project's nets do."""
         if p.backend == caffe_pb2.DataParameter.LMDB:
-            return
-        if p.HasField("backend") or not (Path(p.source) / "data.mdb").is_file():
-            raise self.data_error(
-                f"source {p.source}: LevelDB is not supported; convert the data set to LMDB "
-                "and set data_param { backend: LMDB }"
+            return "lmdb"
+        if not p.HasField("backend") and backend_of(p.source) == "lmdb":
+            log.warning(
+                'layer "%s": backend defaults to LEVELDB, but %s is an LMDB: reading it as LMDB',
+                self.name,
+                p.source,
             )
-        log.warning(
-            'layer "%s": backend defaults to LEVELDB, but %s is an LMDB: reading it as LMDB',
-            self.name,
-            p.source,
-        )
+            return "lmdb"
+        return "leveldb"
 
     def reshape(self, bottoms, tops):
         tops[0].reshape((self.batch_size, *self.top_shape))
@@ -242,27 +243,20 @@ class DataLayer(PrefetchingDataLayer):
         return decode_datum(value, where, force_color=t.force_color, force_gray=t.force_gray)
 
     def _begin_reading(self):
-        self._txn = self.db.env.begin(buffers=False)
-        self._cursor = self._txn.cursor()
-        self._cursor.first()
-        for _ in range(self._records % self.db.size):
-            self._cursor.next()
+        self._reader = self.db.cycle(self._records % self.db.size)
 
     def _end_reading(self):
-        self._txn.abort()  # read-only: nothing to commit
-        self._cursor = self._txn = None
+        self._reader.close()
+        self._reader = None
 
     def _next_record(self) -> tuple[bytes, bytes]:
         k, n = self.shard
         while True:
             take = (self._records % self.db.size) % n == k
-            if take:
-                key, value = self._cursor.item()
+            record = self._reader.next()  # wraps around, as Caffe's DataLayer::Next
             self._records += 1
-            if not self._cursor.next():
-                self._cursor.first()  # wrap around, as Caffe's DataLayer::Next
             if take:
-                return key, value
+                return record
 
     def _next_batch(self):
         pixels, labels = [], numpy.empty(self.batch_size, self.dtype)

@@ -5,7 +5,8 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 from geeps_net import snapshot
-from geeps_net.dataset import decode_datum
+from geeps_net.dataset import decode_datum, read_mean_file
+from geeps_net.datumdb import open_db
 from geeps_net.proto import caffe_pb2
 from tests.cli.conftest import datum_lmdb
 from tests.conftest import lmdb_records
@@ -62,3 +63,19 @@ def test_bad_requests_are_one_line_and_write_nothing(cli, tmp_path):
     assert "must be at least 1" in cli(*args, "ip", "a_lmdb", 0)
     assert "no such file" in cli("extract_features", "none.caffemodel", *args[2:], "ip", "a", 1)
     assert not list(tmp_path.glob("*_lmdb")) and not (tmp_path / "a").exists()
+
+
+def test_leveldb_end_to_end(job, tmp_path):
+    """Caffe's default backend through the tools: extract features into a LevelDB, take its
+    mean with compute_image_mean, read it with a Data layer left at the default backend."""
+    pytest.importorskip("plyvel", reason="plyvel (extra 'leveldb') is not installed")
+    status, err = job("extract_features", "ip.caffemodel", "net.prototxt", "ip", "ip_leveldb", 3,
+                      "leveldb")  # fmt: skip
+    assert status == 0, err
+    assert (tmp_path / "ip_leveldb" / "CURRENT").is_file()
+    status, err = job("compute_image_mean", "ip_leveldb", "mean.binaryproto")
+    assert status == 0, err
+    with open_db(tmp_path / "ip_leveldb") as db:
+        features = numpy.stack([decode_datum(v)[0] for _, v in db.items()])
+    assert features.shape == (6, 3, 1, 1)
+    assert_allclose(read_mean_file(tmp_path / "mean.binaryproto"), features.mean(0), rtol=1e-5)

@@ -9,7 +9,7 @@ import numpy
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from geeps_net.dataset import encode_datum, write_lmdb
+from geeps_net.dataset import encode_datum, write_db, write_lmdb
 from geeps_net.errors import DataError, LayerError
 from geeps_net.layer import TEST, TRAIN
 from geeps_net.testing import LayerRig, make_layer
@@ -25,18 +25,23 @@ def items(n=N_RECORDS, shape=SHAPE):
     ]
 
 
-@pytest.fixture
-def db(tmp_path):
-    path = tmp_path / "db"
-    write_lmdb(path, ((b"%08d" % i, encode_datum(x, i)) for i, x in enumerate(items())))
+@pytest.fixture(params=["lmdb", "leveldb"])
+def db(tmp_path, request):
+    """The records of items() in an LMDB (tmp_path/db_lmdb) or a LevelDB (db_leveldb)."""
+    if request.param == "leveldb":
+        pytest.importorskip("plyvel", reason="plyvel (extra 'leveldb') is not installed")
+    path = tmp_path / f"db_{request.param}"
+    records = ((b"%08d" % i, encode_datum(x, i)) for i, x in enumerate(items()))
+    write_db(path, records, backend=request.param)
     return path
 
 
 def data_layer(source, batch=4, phase=TRAIN, extra="", transform="", seed=0, shard=(0, 1), top=2):
     tops = ' top: "data" top: "label"' if top == 2 else ' top: "data"'
+    backend = "LEVELDB" if str(source).endswith("leveldb") else "LMDB"
     text = (
         f'name: "d" type: "Data"{tops} data_param {{ source: "{source}" batch_size: {batch} '
-        f"backend: LMDB {extra} }} transform_param {{ {transform} }}"
+        f"backend: {backend} {extra} }} transform_param {{ {transform} }}"
     )
     layer = make_layer(text, phase)
     layer.rng, layer.shard = numpy.random.default_rng(seed), shard
@@ -125,13 +130,34 @@ def test_state_restore_continues_identically(db, rigs):
     assert_array_equal(rig.forward()[0], expected[0][0])
 
 
-def test_missing_source_and_leveldb(tmp_path, db):
+def test_missing_source_and_wrong_backend(tmp_path, db):
     with pytest.raises(DataError, match=r'layer "d" \(Data\): source .*nowhere: no such file'):
         LayerRig(numpy, data_layer(tmp_path / "nowhere"), [])
-    leveldb = make_layer(f'name: "d" type: "Data" top: "data" data_param {{ source: "{db}" '
-                         "batch_size: 1 backend: LEVELDB }")  # fmt: skip
-    with pytest.raises(DataError, match="LevelDB is not supported.*backend: LMDB"):
-        LayerRig(numpy, leveldb, [])
+    other = "LMDB" if db.name.endswith("leveldb") else "LEVELDB"
+    wrong = make_layer(f'name: "d" type: "Data" top: "data" data_param {{ source: "{db}" '
+                       f"batch_size: 1 backend: {other} }}")  # fmt: skip
+    want = "an LMDB" if other == "LMDB" else "a LevelDB"
+    with pytest.raises(DataError, match=f"source .*{db.name}: not {want} directory"):
+        LayerRig(numpy, wrong, [])
+
+
+def test_caffe_default_backend_is_leveldb(tmp_path, db, rigs):
+    """No backend field: LEVELDB, as in Caffe; over an LMDB it reads the LMDB (and warns)."""
+    layer = make_layer(f'name: "d" type: "Data" top: "data" top: "label" data_param {{ '
+                       f'source: "{db}" batch_size: 4 }}')  # fmt: skip
+    assert_array_equal(rigs(layer).forward()[1], [0, 1, 2, 3])
+
+
+def test_leveldb_without_plyvel_names_the_extra(tmp_path, monkeypatch):
+    (tmp_path / "db").mkdir()
+    (tmp_path / "db" / "CURRENT").write_text("MANIFEST-000001\n")
+    monkeypatch.setitem(sys.modules, "plyvel", None)
+    layer = make_layer(f'name: "d" type: "Data" top: "data" data_param {{ '
+                       f'source: "{tmp_path}/db" batch_size: 1 }}')  # fmt: skip
+    with pytest.raises(
+        DataError, match=r"LevelDB needs plyvel: pip install 'geeps-net\[leveldb\]'"
+    ):
+        LayerRig(numpy, layer, [])
 
 
 def test_corrupt_record_names_source_and_key(tmp_path, rigs):
