@@ -198,6 +198,7 @@ def test(args) -> int:
     stages = [s for s in args.stage.split(",") if s]
     resident = args.no_ps
     net = Net(args.model, args.phase, level=args.level, stages=stages, xp=xp, resident=resident)
+    net.forward_only()
     trainer = None
     try:
         weights = {}

@@ -46,7 +46,7 @@ def extract_features(
         )
     if num_batches < 1:
         raise DataError(f"num_mini_batches {num_batches}: must be at least 1")
-    with Net(model, caffe_pb2.TEST, weights, xp=xp) as net:
+    with Net(model, caffe_pb2.TEST, weights, xp=xp).forward_only() as net:
         _check_blobs(net, blob_names)
         with contextlib.ExitStack() as stack:
             writers = [

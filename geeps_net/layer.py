@@ -82,6 +82,9 @@ class Layer:
         self.dtype = numpy.dtype("float32")  # compute dtype; float64 in gradient checks
         self.rng = numpy.random.default_rng(0)  # the Net hands each layer its own seeded generator
         self.shard = (0, 1)  # (worker k, of N workers): data layers read every N-th record from k
+        # Per bottom, whether backward computes its diff (the Net sets it once it knows; None:
+        # unknown, so keep everything backward may need, as a lone layer under test does).
+        self.propagate_down: tuple[bool, ...] | None = None
 
     def __repr__(self) -> str:
         return f'<{type(self).__name__} "{self.name}">'

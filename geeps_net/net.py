@@ -206,6 +206,16 @@ class Net:
                 self.backward_layer(i)
         return {name: self.blobs[name].diff for name in self.inputs}
 
+    def forward_only(self) -> Net:
+        """Mark the net as one that no backward follows (a solver's test net, `geeps-net test`,
+        extract_features): layers skip what only backward reads (max pooling's argmax), and
+        backward() does nothing. Returns the net."""
+        self.layer_need_backward = [False] * len(self.layers)
+        self.bottom_need_backward = [[False] * len(b) for b in self.bottoms]
+        for layer, bottoms in zip(self.layers, self.bottoms):
+            layer.propagate_down = (False,) * len(bottoms)
+        return self
+
     def forward_backward(self) -> float:
         self.forward()
         self.backward()

@@ -153,6 +153,7 @@ def _mark_backward(net) -> None:
                 need and layer.allow_force_backward(j)
                 for j, need in enumerate(net.bottom_need_backward[i])
             ]
+        layer.propagate_down = tuple(net.bottom_need_backward[i])
 
 
 def _prune(net) -> None:

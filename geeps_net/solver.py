@@ -129,16 +129,11 @@ class Solver:
         nets = []
         for i, source in enumerate(sources if self.is_root else []):
             state = p.test_state[i] if p.test_state else caffe_pb2.NetState()
-            nets.append(
-                Net(
-                    source,
-                    caffe_pb2.TEST,
-                    level=state.level,
-                    stages=state.stage,
-                    seed=seed,
-                    xp=self.xp,
-                )
-            )
+            net = Net(
+                source, caffe_pb2.TEST, level=state.level, stages=state.stage, seed=seed,
+                xp=self.xp,
+            )  # fmt: skip
+            nets.append(net.forward_only())  # tested, never trained
         return nets
 
     # -- the loop -------------------------------------------------------------------------------

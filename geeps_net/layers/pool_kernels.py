@@ -190,6 +190,19 @@ def max_pool_forward(xp, x, geom: PoolGeometry, y, mask) -> None:
 
 
 @_blockwise
+def max_pool_values(xp, x, geom: PoolGeometry, y) -> None:
+    """y (N, C, oh, ow) = window maxima of x (N, C, H, W), as max_pool_forward's without the
+    mask: for a forward that no backward follows."""
+    if geom.whole:
+        y[..., 0, 0] = x.reshape(x.shape[:2] + (-1,)).max(axis=-1)
+        return
+    y[...] = -FLT_MAX
+    for _, v, sub in _max_pool_reads(xp, x, geom):
+        y_sub = y[sub]
+        xp.fmax(y_sub, v, out=y_sub)
+
+
+@_blockwise
 def max_pool_backward(xp, dy, mask, geom: PoolGeometry, dx, accumulate: bool = False) -> None:
     """dx (N, C, H, W), contiguous, (+)= dy routed to the argmax recorded in mask."""
     if geom.stride[0] < geom.kernel[0] or geom.stride[1] < geom.kernel[1]:

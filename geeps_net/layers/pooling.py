@@ -12,6 +12,7 @@ from geeps_net.layers.pool_kernels import (
     max_pool_backward,
     max_pool_forward,
     max_pool_mask_top,
+    max_pool_values,
     pool_geometry,
 )
 from geeps_net.proto import caffe_pb2
@@ -91,6 +92,9 @@ class PoolingLayer(Layer):
         x, y = bottoms[0].data, tops[0].data
         if self.method == "AVE":
             ave_pool_forward(xp, x, self.geom, y)
+            return
+        if self.propagate_down is not None and not any(self.propagate_down) and len(tops) == 1:
+            max_pool_values(xp, x, self.geom, y)  # no backward will read the mask (a test net)
             return
         mask = self.internals["mask"].data
         max_pool_forward(xp, x, self.geom, y, mask)

@@ -105,6 +105,24 @@ def test_reshape_to_another_batch_as_pycaffe():
         net.forward(y=x)
 
 
+def test_forward_only_gives_the_same_outputs_and_no_backward():
+    text = TINY.replace(
+        'layer { name: "ip"',
+        'layer { name: "pool" type: "Pooling" bottom: "x" top: "xp" pooling_param { pool: MAX '
+        'kernel_h: 1 kernel_w: 2 stride_h: 1 stride_w: 1 } }\nlayer { name: "ip"',
+    )
+    text = text.replace('bottom: "x" top: "ip"', 'bottom: "xp" top: "ip"')
+    text = text.replace("shape { dim: 4 dim: 3 }", "shape { dim: 4 dim: 1 dim: 1 dim: 3 }")
+    x = numpy.random.default_rng(1).standard_normal((4, 1, 1, 3))
+    full, fast = Net(text % "", "TRAIN", seed=2), Net(text % "", "TRAIN", seed=2).forward_only()
+    labels = numpy.array([0, 1, 2, 4])
+    assert full.forward(x=x, label=labels)["loss"] == fast.forward(x=x, label=labels)["loss"]
+    numpy.testing.assert_array_equal(full.blobs["xp"].data, fast.blobs["xp"].data)
+    assert fast.layer_need_backward == [False] * 4 and full.layer_need_backward[2]
+    fast.backward()
+    assert not numpy.any(fast.params["ip"][0].diff)  # nothing ran
+
+
 def test_loss_weight_scales_gradient_not_loss():
     a, b = Net(TINY % "", "TRAIN", seed=1), Net(TINY % "loss_weight: 3", "TRAIN", seed=1)
     x, label = numpy.ones((4, 3)), numpy.array([0, 1, 2, 3])

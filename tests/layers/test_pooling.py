@@ -112,6 +112,25 @@ def test_pooling(xp, name, method):
     check_backward_reads(xp, make_layer(layer_text), [x])
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_max_pooling_without_backward_skips_the_mask(xp, name):
+    """A layer no backward follows (propagate_down all False: a test net) takes the mask-free
+    kernel: the same maxima, NaN, ties and empty windows included, and the mask left alone."""
+    text, shape, kernel, pad, stride, ceil_mode = CASES[name]
+    x = separated(shape)
+    x[0, 0, 0, 0] = numpy.nan
+    x[..., -1, :] = x[..., -1, :1]  # ties along the last row
+    layer_text = f'type: "Pooling" pooling_param {{ pool: MAX {text} }}'
+    want = forward_once(xp, make_layer(layer_text), x)
+    layer = make_layer(layer_text)
+    layer.propagate_down = (False,)
+    rig = LayerRig(xp, layer, [x])
+    rig.layer.internals["mask"].data[...] = 7
+    (got,) = rig.forward()
+    assert_array_equal(got, want)
+    assert (backend.to_host(rig.layer.internals["mask"].data) == 7).all()  # not computed
+
+
 @pytest.mark.parametrize("name", ["k3s2_ceil_clip", "k2s2p1_drop_last", "rect_hw", "global"])
 def test_max_pooling_mask_top(xp, name):
     text, shape, kernel, pad, stride, ceil_mode = CASES[name]
