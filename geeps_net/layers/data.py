@@ -210,8 +210,9 @@ class DataLayer(PrefetchingDataLayer):
             raise self.data_error(str(e)) from None
 
     def _backend(self, p) -> str:
-        """ "lmdb" or "leveldb", as data_param says; Caffe's default, LEVELDB, left unset over a
-        source that is an LMDB reads it as one (with a warning), as this project's nets do."""
+        """The backend to read, "lmdb" or "leveldb", as data_param says; Caffe's default,
+        LEVELDB, left unset over a source that is an LMDB reads it as one (with a warning), as
+        this project's nets do."""
         if p.backend == caffe_pb2.DataParameter.LMDB:
             return "lmdb"
         if not p.HasField("backend") and backend_of(p.source) == "lmdb":
