@@ -9,6 +9,7 @@ The databases themselves are `geeps_net.datumdb`'s, the batch Transformer `geeps
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import math
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from geeps_net.datumdb import (  # noqa: F401  (re-exported)
     LmdbWriter,
     check_output,
+    db_writer,
     open_db,
     write_db,
     write_lmdb,
@@ -195,6 +197,46 @@ def convert_mnist(
     # Room for every record plus LMDB's page overhead; the writer grows the map if this is short.
     size = 2 * n * (rows * cols + 64)
     return write_db(out, records(), backend=backend, map_size=size, overwrite=overwrite)
+
+
+CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte, then 1024 R, 1024 G, 1024 B bytes (row-major)
+CIFAR_BATCH = 10_000  # records per file of the binary version
+CIFAR_FILES = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
+
+
+def convert_cifar(
+    input_folder, output_folder, backend: str = "lmdb", progress: bool = True, overwrite=False
+) -> dict[str, int]:
+    """CIFAR-10's binary version (data_batch_1..5.bin, test_batch.bin) -> databases
+    cifar10_train_<backend> and cifar10_test_<backend> in `output_folder`, as Caffe's
+    convert_cifar_data writes them: Datum 3 x 32 x 32 (the file's RGB planes) + label, keys b"%05d"
+    counting through the five training files. Both are written, or neither. Returns the counts."""
+    folder, out = Path(input_folder), Path(output_folder)
+    files = {split: [folder / name for name in names] for split, names in CIFAR_FILES.items()}
+    for path in (p for paths in files.values() for p in paths):
+        if not path.is_file():
+            raise DataError(f"{path}: no such file (want CIFAR-10's binary version)")
+        if path.stat().st_size != CIFAR_BATCH * CIFAR_RECORD:
+            raise DataError(
+                f"{path}: {path.stat().st_size} bytes, not {CIFAR_BATCH} records of {CIFAR_RECORD}"
+            )
+    counts = {}
+    with contextlib.ExitStack() as stack:
+        for split, paths in files.items():
+            db = out / f"cifar10_{split}_{backend.lower()}"
+            writer = stack.enter_context(db_writer(db, backend, overwrite=overwrite))
+            bar = tqdm(total=len(paths) * CIFAR_BATCH, desc=f"convert_cifar {split}", unit="img",
+                       disable=None if progress else True)  # fmt: skip
+            for i, path in enumerate(paths):
+                records = numpy.fromfile(path, numpy.uint8).reshape(CIFAR_BATCH, CIFAR_RECORD)
+                for j, record in enumerate(records):
+                    datum = caffe_pb2.Datum(channels=3, height=32, width=32, label=int(record[0]))
+                    datum.data = record[1:].tobytes()
+                    writer.put(b"%05d" % (i * CIFAR_BATCH + j), datum.SerializeToString())
+                bar.update(CIFAR_BATCH)
+            bar.close()
+            counts[split] = len(paths) * CIFAR_BATCH
+    return counts
 
 
 def compute_image_mean(db_path, out_path, progress: bool = True) -> numpy.ndarray:

@@ -1,6 +1,6 @@
-"""Verbs for the tools users expect beside `caffe`: convert_mnist, convert_imageset,
-compute_image_mean, extract_features, upgrade_net_proto_text/_binary, upgrade_solver_proto_text,
-keygen, parse_log, plot_log, draw_net.
+"""Verbs for the tools users expect beside `caffe`: convert_mnist, convert_cifar_data,
+convert_imageset, compute_image_mean, extract_features, upgrade_net_proto_text/_binary,
+upgrade_solver_proto_text, keygen, parse_log, plot_log, draw_net.
 
 Each is a plain function over parsed arguments, registered with `command(...)` like the verbs in
 geeps_net/commands.py and timing.py (their shared flags: cli_flags.py); importing this module
@@ -146,6 +146,28 @@ def convert_imageset(args) -> int:
 
 convert_imageset.add_flags = _imageset_flags
 command("convert_imageset", "convert a list of images to an LMDB")(convert_imageset)
+
+
+def _cifar_flags(p) -> None:
+    p.add_argument("input_folder", help="CIFAR-10's binary version (data_batch_1.bin, ...)")
+    p.add_argument("output_folder", help="where cifar10_train_<db> and cifar10_test_<db> go")
+    p.add_argument("db_type", nargs="?", default="lmdb", choices=["lmdb", "leveldb"])
+    flag(p, "overwrite", action="store_true")
+
+
+def convert_cifar_data(args) -> int:
+    """CIFAR-10's binary files -> train and test databases (Caffe's convert_cifar_data)."""
+    from geeps_net.dataset import convert_cifar
+
+    counts = convert_cifar(
+        args.input_folder, args.output_folder, args.db_type, overwrite=args.overwrite
+    )
+    log.info("Wrote %d training and %d test images.", counts["train"], counts["test"])
+    return 0
+
+
+convert_cifar_data.add_flags = _cifar_flags
+command("convert_cifar_data", "convert CIFAR-10's binary files to databases")(convert_cifar_data)
 
 
 def _mean_flags(p) -> None:

@@ -327,3 +327,65 @@ def test_transform_errors(batch, mean_file, tmp_path):
         Transformer(transform_param(mean_file=path), TEST, rng)(batch[:, :, :4])
     with pytest.raises(DataError, match="missing.binaryproto: cannot read"):
         Transformer(transform_param(mean_file=str(tmp_path / "missing.binaryproto")), TEST, rng)
+
+
+# -- CIFAR-10 -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cifar_bin(tmp_path, monkeypatch):
+    """CIFAR-10's binary version in miniature: 3 records per file (the real files hold 10,000),
+    record r of file f = label (f + r) % 10, then bytes counting from 7 f + r."""
+    import geeps_net.dataset as dataset
+
+    monkeypatch.setattr(dataset, "CIFAR_BATCH", 3)
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+    for f, name in enumerate(names):
+        records = [
+            bytes([(f + r) % 10]) + ((7 * f + r + numpy.arange(3072)) % 256).astype("u1").tobytes()
+            for r in range(3)
+        ]
+        (folder / name).write_bytes(b"".join(records))
+    return folder
+
+
+def test_convert_cifar_as_caffe(cifar_bin, tmp_path):
+    from geeps_net.dataset import convert_cifar
+
+    out = tmp_path / "out"
+    out.mkdir()
+    assert convert_cifar(cifar_bin, out, progress=False) == {"train": 15, "test": 3}
+    train = lmdb_records(out / "cifar10_train_lmdb")
+    assert [k for k, _ in train] == [b"%05d" % i for i in range(15)]  # counting through files
+    pixels, label = decode_datum(train[4][1])  # file 1, record 1
+    assert label == 2 and pixels.shape == (3, 32, 32)
+    assert_array_equal(pixels.ravel(), (8 + numpy.arange(3072)) % 256)  # RGB planes, as stored
+    test = lmdb_records(out / "cifar10_test_lmdb")
+    assert [decode_datum(v)[1] for _, v in test] == [5, 6, 7]
+
+
+def test_convert_cifar_refuses_bad_input_and_writes_nothing(cifar_bin, tmp_path):
+    from geeps_net.dataset import convert_cifar
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cifar10_test_lmdb").mkdir()  # exists: the train DB must not be left either
+    with pytest.raises(DataError, match="cifar10_test_lmdb: already exists"):
+        convert_cifar(cifar_bin, out, progress=False)
+    assert [p.name for p in out.iterdir()] == ["cifar10_test_lmdb"]
+    (cifar_bin / "data_batch_3.bin").write_bytes(b"short")
+    with pytest.raises(DataError, match=r"data_batch_3.bin: 5 bytes, not 3 records of 3073"):
+        convert_cifar(cifar_bin, tmp_path, progress=False)
+    (cifar_bin / "data_batch_3.bin").unlink()
+    with pytest.raises(DataError, match="data_batch_3.bin: no such file"):
+        convert_cifar(cifar_bin, tmp_path, progress=False)
+
+
+def test_convert_cifar_data_verb_leveldb(cifar_bin, tmp_path, run):
+    pytest.importorskip("plyvel", reason="plyvel (extra 'leveldb') is not installed")
+    status, err = run("convert_cifar_data", cifar_bin, ".", "leveldb")
+    assert status == 0 and "Wrote 15 training and 3 test images." in err
+    with open_db(tmp_path / "cifar10_train_leveldb") as db:
+        assert db.size == 15 and db.first()[0] == b"00000"

@@ -24,8 +24,10 @@ IMAGENET_NOTE = [
     "edit data_param.source / transform_param below to point at yours.",
 ]
 CIFAR_NOTE = [
-    "Data: CIFAR-10 as LMDBs of Datum (3x32x32, BGR) at data/cifar10/{train,test}_lmdb and their",
-    "mean: geeps-net compute_image_mean data/cifar10/train_lmdb data/cifar10/mean.binaryproto",
+    "Data: CIFAR-10 as LMDBs of Datum (3x32x32) and their mean, made from the binary version",
+    "(cifar-10-batches-bin) as Caffe's examples/cifar10/create_cifar10.sh makes them:",
+    "  geeps-net convert_cifar_data cifar-10-batches-bin data/cifar10",
+    "  geeps-net compute_image_mean data/cifar10/cifar10_train_lmdb data/cifar10/mean.binaryproto",
 ]
 
 

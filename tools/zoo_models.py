@@ -27,8 +27,14 @@ def constant(value: float) -> dict:
 
 
 def _cifar_data(n: ZooNet) -> str:
-    return n.data(CIFAR_DB, (100, 100), (3, 32, 32), {"mean_file": CIFAR_MEAN_FILE}, 1,
-                  splits=("train", "test"))  # fmt: skip
+    return n.data(
+        CIFAR_DB,
+        (100, 100),
+        (3, 32, 32),
+        {"mean_file": CIFAR_MEAN_FILE},
+        1,
+        splits=("cifar10_train", "cifar10_test"),
+    )  # convert_cifar_data's names
 
 
 def cifar10_quick(n: ZooNet) -> None:

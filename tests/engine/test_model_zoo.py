@@ -106,15 +106,16 @@ def test_train_val_test_phase_reports_accuracy(name):
 
 
 def _tiny_cifar(root: Path) -> None:
-    """data/cifar10/{train,test}_lmdb (12 random images each) and their mean, under `root`."""
+    """data/cifar10/cifar10_{train,test}_lmdb (12 random images each) and their mean, under
+    `root`, where convert_cifar_data puts them."""
     rng = numpy.random.default_rng(0)
     records = [(b"%05d" % i, encode_datum(rng.integers(0, 256, (3, 32, 32), numpy.uint8), i % 10))
                for i in range(12)]  # fmt: skip
     db = root / "data" / "cifar10"
     db.mkdir(parents=True)
-    write_lmdb(db / "train_lmdb", records)
-    write_lmdb(db / "test_lmdb", records)
-    compute_image_mean(db / "train_lmdb", db / "mean.binaryproto", progress=False)
+    write_lmdb(db / "cifar10_train_lmdb", records)
+    write_lmdb(db / "cifar10_test_lmdb", records)
+    compute_image_mean(db / "cifar10_train_lmdb", db / "mean.binaryproto", progress=False)
 
 
 def test_cifar10_quick_reads_its_lmdbs(tmp_path, monkeypatch):
