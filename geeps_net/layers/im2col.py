@@ -18,10 +18,11 @@ import numpy
 from geeps_net.backend import chunk_threads
 
 # Upper bound on the elements of one column tensor: a larger batch runs in chunks of whole images.
-# On the CPU, 512 Ki elements (2 MiB in float32) keeps a chunk's columns in one core's L2 cache
-# while the GEMM reads them back (measured 1.5x faster on CIFAR-10 quick's conv2 than 4 Mi, which
-# itself beat whole-batch columns 1.5-3x), and chunks are what split_work hands to the threads;
-# on a GPU, 64 Mi elements only bounds the scratch memory.
+# On the CPU, 512 Ki elements (2 MiB in float32) keeps a chunk's columns near the core while the
+# GEMM reads them back (measured 1.5x faster on CIFAR-10 quick's conv2 than 4 Mi, which itself
+# beat whole-batch columns 1.5-3x; 128-256 Ki, inside this machine's 1 MiB L2, were slower again:
+# more, smaller NumPy calls), and chunks are what split_work hands to the threads; on a GPU,
+# 64 Mi elements only bounds the scratch memory.
 CPU_COL_BUDGET = 1 << 19
 GPU_COL_BUDGET = 1 << 26
 
