@@ -199,6 +199,44 @@ def convert_mnist(
     return write_db(out, records(), backend=backend, map_size=size, overwrite=overwrite)
 
 
+def convert_mnist_siamese(
+    images_path,
+    labels_path,
+    out_path,
+    backend: str = "leveldb",
+    seed: int | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> int:
+    """IDX images + labels -> pairs for Caffe's siamese example, as its convert_mnist_siamese_data:
+    record i (key b"%08d") holds two images drawn at random (by `seed`) as the channels of one
+    Datum (2, rows, cols) and label 1 if their classes match, else 0. One pair per image; LevelDB
+    by default, as the example's net reads. Returns the record count."""
+    out = Path(out_path)
+    check_output(out, overwrite)
+    images = read_idx(images_path, IMAGES_MAGIC)
+    labels = read_idx(labels_path, LABELS_MAGIC)
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"{images_path}: {images.shape[0]} images, "
+            f"but {labels_path} has {labels.shape[0]} labels"
+        )
+    n, rows, cols = images.shape
+    pairs = numpy.random.default_rng(seed).integers(0, n, (n, 2))
+
+    def records():
+        datum = caffe_pb2.Datum(channels=2, height=rows, width=cols)
+        bar = tqdm(pairs, desc="convert_mnist_siamese", unit="pair",
+                   disable=None if progress else True)  # fmt: skip
+        for k, (i, j) in enumerate(bar):
+            datum.data = images[i].tobytes() + images[j].tobytes()
+            datum.label = int(labels[i] == labels[j])
+            yield b"%08d" % k, datum.SerializeToString()
+
+    size = 2 * n * (2 * rows * cols + 64)
+    return write_db(out, records(), backend=backend, map_size=size, overwrite=overwrite)
+
+
 CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte, then 1024 R, 1024 G, 1024 B bytes (row-major)
 CIFAR_BATCH = 10_000  # records per file of the binary version
 CIFAR_FILES = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}

@@ -1,6 +1,6 @@
-"""Verbs for the tools users expect beside `caffe`: convert_mnist, convert_cifar_data,
-convert_imageset, compute_image_mean, extract_features, upgrade_net_proto_text/_binary,
-upgrade_solver_proto_text, keygen, parse_log, plot_log, draw_net.
+"""Verbs for the tools users expect beside `caffe`: convert_mnist, convert_mnist_siamese_data,
+convert_cifar_data, convert_imageset, compute_image_mean, extract_features,
+upgrade_net_proto_text/_binary, upgrade_solver_proto_text, keygen, parse_log, plot_log, draw_net.
 
 Each is a plain function over parsed arguments, registered with `command(...)` like the verbs in
 geeps_net/commands.py and timing.py (their shared flags: cli_flags.py); importing this module
@@ -146,6 +146,30 @@ def convert_imageset(args) -> int:
 
 convert_imageset.add_flags = _imageset_flags
 command("convert_imageset", "convert a list of images to an LMDB")(convert_imageset)
+
+
+def _siamese_flags(p) -> None:
+    _convert_flags(p)
+    p.set_defaults(backend="leveldb")  # the siamese example's net reads LevelDB
+    flag(p, "seed", type=int, default=None, help="seed of the random pairs (absent: random)")
+
+
+def convert_mnist_siamese_data(args) -> int:
+    """MNIST-format IDX files -> image pairs for the siamese example (Caffe's tool)."""
+    from geeps_net.dataset import convert_mnist_siamese as convert
+
+    count = convert(
+        args.images, args.labels, args.output, backend=args.backend, seed=args.seed,
+        overwrite=args.overwrite,
+    )  # fmt: skip
+    log.info("Processed %d pairs.", count)
+    return 0
+
+
+convert_mnist_siamese_data.add_flags = _siamese_flags
+command("convert_mnist_siamese_data", "make image pairs for the siamese example")(
+    convert_mnist_siamese_data
+)
 
 
 def _cifar_flags(p) -> None:

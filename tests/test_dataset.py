@@ -329,6 +329,35 @@ def test_transform_errors(batch, mean_file, tmp_path):
         Transformer(transform_param(mean_file=str(tmp_path / "missing.binaryproto")), TEST, rng)
 
 
+def test_convert_mnist_siamese_pairs(tmp_path, run):
+    pytest.importorskip("plyvel", reason="plyvel (extra 'leveldb') is not installed")
+    from geeps_net.dataset import convert_mnist_siamese
+
+    images_path, labels_path, images, labels = mnist_files(tmp_path, n=40)
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        status, err = run("convert_mnist_siamese_data", "-seed", seed, images_path, labels_path,
+                          name)  # fmt: skip
+        assert status == 0 and "Processed 40 pairs." in err
+    assert backend_of(tmp_path / "a") == "leveldb"  # the example's net reads LevelDB
+    pairs = {}
+    for name in "abc":
+        with open_db(tmp_path / name) as db:
+            pairs[name] = list(db.items())
+    assert pairs["a"] == pairs["b"] != pairs["c"]  # the seed fixes the pairs
+    assert [k for k, _ in pairs["a"]] == [b"%08d" % i for i in range(40)]
+    by_image = {image.tobytes(): int(label) for image, label in zip(images, labels)}
+    same = 0
+    for _, value in pairs["a"]:
+        pixels, sim = decode_datum(value)
+        assert pixels.shape == (2, 4, 3)
+        first, second = (by_image[p.tobytes()] for p in pixels)  # both are images of the set
+        assert sim == int(first == second)
+        same += sim
+    assert 0 < same < 40
+    count = convert_mnist_siamese(images_path, labels_path, tmp_path / "l", "lmdb", progress=False)
+    assert count == 40 and backend_of(tmp_path / "l") == "lmdb"
+
+
 # -- CIFAR-10 -------------------------------------------------------------------------------------
 
 
