@@ -91,3 +91,53 @@ def _test_batch(path):
         if layer.type == "Data" and any(r.phase == 1 for r in layer.include):
             return layer.data_param.batch_size
     return None
+
+
+@pytest.mark.skipif(not NETS, reason="shared/reference/models not laid out beside the checkout")
+def test_reference_siamese_example_trains_unchanged(tmp_path, monkeypatch):
+    """Caffe's siamese net and solver, copied unchanged, train through the PS on the LevelDB
+    pairs convert_mnist_siamese writes (its Data layers leave the backend at LEVELDB); only the
+    solver's iteration counts are cut down."""
+    pytest.importorskip("plyvel", reason="plyvel (extra 'leveldb') is not installed")
+    import gzip
+    import shutil
+    import struct
+
+    import numpy
+
+    from geeps_net.dataset import convert_mnist_siamese
+    from geeps_net.ps.config import Config
+    from geeps_net.solver import load_solver
+    from geeps_net.worker import ps_trainer_factory
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "examples" / "siamese"
+    folder.mkdir(parents=True)
+    for name in ("mnist_siamese_train_test.prototxt", "mnist_siamese_solver.prototxt"):
+        shutil.copy(MODELS / "siamese" / name, folder / name)
+    rng = numpy.random.default_rng(0)
+    labels = rng.integers(0, 10, 300).astype(numpy.uint8)
+    images = numpy.clip(labels[:, None, None] * 25.0 + rng.normal(0, 20, (300, 28, 28)), 0, 255)
+    for name, array, magic in (("img", images.astype(numpy.uint8), 2051), ("lbl", labels, 2049)):
+        header = struct.pack(">i", magic) + struct.pack(f">{array.ndim}i", *array.shape)
+        (tmp_path / f"{name}.gz").write_bytes(gzip.compress(header + array.tobytes()))
+    for split in ("train", "test"):
+        db = folder / f"mnist_siamese_{split}_leveldb"
+        convert_mnist_siamese(tmp_path / "img.gz", tmp_path / "lbl.gz", db, seed=1, progress=False)
+
+    def shorter(param):
+        param.max_iter, param.test_iter[:], param.test_interval, param.snapshot = 60, [2], 30, 0
+        param.snapshot_after_train = False
+
+    solver = load_solver(folder / "mnist_siamese_solver.prototxt", edit=shorter,
+                         trainer_factory=ps_trainer_factory(Config()))  # fmt: skip
+    try:
+        losses = []
+        for _ in range(60):
+            solver.step(1)
+            losses.append(solver.smoothed_loss)
+        tested = solver.test_all()[0]["loss"]
+    finally:
+        solver.close()
+    assert numpy.mean(losses[-10:]) < 0.8 * numpy.mean(losses[:10])
+    assert 0 < float(tested) < losses[0]
