@@ -162,6 +162,19 @@ def pil_to_chw(image, color: bool) -> numpy.ndarray:
 # -- tools ----------------------------------------------------------------------------------------
 
 
+def read_idx_pair(images_path, labels_path) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """(images (N, rows, cols), labels (N,)) of an MNIST-format pair of IDX files; DataError if
+    their counts differ."""
+    images = read_idx(images_path, IMAGES_MAGIC)
+    labels = read_idx(labels_path, LABELS_MAGIC)
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"{images_path}: {images.shape[0]} images, "
+            f"but {labels_path} has {labels.shape[0]} labels"
+        )
+    return images, labels
+
+
 def convert_mnist(
     images_path,
     labels_path,
@@ -177,13 +190,7 @@ def convert_mnist(
     """
     out = Path(out_path)
     check_output(out, overwrite)
-    images = read_idx(images_path, IMAGES_MAGIC)
-    labels = read_idx(labels_path, LABELS_MAGIC)
-    if images.shape[0] != labels.shape[0]:
-        raise DataError(
-            f"{images_path}: {images.shape[0]} images, "
-            f"but {labels_path} has {labels.shape[0]} labels"
-        )
+    images, labels = read_idx_pair(images_path, labels_path)
     n, rows, cols = images.shape
 
     def records():
@@ -214,13 +221,7 @@ def convert_mnist_siamese(
     by default, as the example's net reads. Returns the record count."""
     out = Path(out_path)
     check_output(out, overwrite)
-    images = read_idx(images_path, IMAGES_MAGIC)
-    labels = read_idx(labels_path, LABELS_MAGIC)
-    if images.shape[0] != labels.shape[0]:
-        raise DataError(
-            f"{images_path}: {images.shape[0]} images, "
-            f"but {labels_path} has {labels.shape[0]} labels"
-        )
+    images, labels = read_idx_pair(images_path, labels_path)
     n, rows, cols = images.shape
     pairs = numpy.random.default_rng(seed).integers(0, n, (n, 2))
 
