@@ -200,7 +200,7 @@ def _mean_flags(p) -> None:
 
 
 def compute_image_mean(args) -> int:
-    """Mean image of a Datum LMDB as a binaryproto (Caffe's compute_image_mean)."""
+    """Mean image of a Datum LMDB or LevelDB as a binaryproto (Caffe's compute_image_mean)."""
     from geeps_net.dataset import compute_image_mean as compute
 
     compute(args.db, args.output)
@@ -215,7 +215,7 @@ def _features_flags(p) -> None:
     p.add_argument("weights", help="trained .caffemodel")
     p.add_argument("model", help="net prototxt (TEST phase, with its data layer)")
     p.add_argument("blobs", help="comma-separated blob names to extract")
-    p.add_argument("datasets", help="comma-separated LMDBs to create, one per blob")
+    p.add_argument("datasets", help="comma-separated databases to create, one per blob")
     p.add_argument("num_mini_batches", type=int, help="forward passes to run")
     p.add_argument("db_type", nargs="?", default="lmdb", choices=["lmdb", "leveldb"])
     p.add_argument("mode", nargs="?", default="CPU", choices=["CPU", "GPU"])
@@ -224,7 +224,7 @@ def _features_flags(p) -> None:
 
 
 def extract_features(args) -> int:
-    """Blobs of a trained net, image by image, into LMDBs (Caffe's extract_features)."""
+    """Blobs of a trained net, image by image, into databases (Caffe's extract_features)."""
     from geeps_net.backend import array_module
     from geeps_net.cli_flags import require_files
     from geeps_net.features import extract_features as extract
@@ -245,7 +245,7 @@ def extract_features(args) -> int:
 
 
 extract_features.add_flags = _features_flags
-command("extract_features", "write a trained net's blobs to LMDBs")(extract_features)
+command("extract_features", "write a trained net's blobs to databases")(extract_features)
 
 
 # -- upgrades -------------------------------------------------------------------------------------
