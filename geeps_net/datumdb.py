@@ -155,6 +155,12 @@ class LevelDB(_SharedDB):
         try:
             return plyvel.DB(path, create_if_missing=False)
         except (plyvel.Error, OSError) as e:
+            if "lock" in str(e).lower():  # LevelDB admits one process at a time
+                raise DataError(
+                    f"{prefix}{self.path}: this LevelDB is open in another process (several "
+                    "workers?): LevelDB admits one; give them an LMDB: geeps-net convert_db "
+                    f"{self.path} OUT_lmdb"
+                ) from None
             raise DataError(f"{prefix}{self.path}: cannot open LevelDB ({e})") from None
 
     def _count(self) -> int:

@@ -1,5 +1,5 @@
 """Verbs for the tools users expect beside `caffe`: convert_mnist, convert_mnist_siamese_data,
-convert_cifar_data, convert_imageset, compute_image_mean, extract_features,
+convert_cifar_data, convert_imageset, convert_db, compute_image_mean, extract_features,
 upgrade_net_proto_text/_binary, upgrade_solver_proto_text, keygen, parse_log, plot_log, draw_net.
 
 Each is a plain function over parsed arguments, registered with `command(...)` like the verbs in
@@ -192,6 +192,28 @@ def convert_cifar_data(args) -> int:
 
 convert_cifar_data.add_flags = _cifar_flags
 command("convert_cifar_data", "convert CIFAR-10's binary files to databases")(convert_cifar_data)
+
+
+def _convert_db_flags(p) -> None:
+    p.add_argument("input", help="LMDB or LevelDB")
+    p.add_argument("output", help="database to create, the same records in the other backend")
+    flag(p, "backend", default="lmdb", choices=["lmdb", "leveldb"], help="of the output")
+    flag(p, "overwrite", action="store_true")
+
+
+def convert_db(args) -> int:
+    """Copy a database's records into a new one of another backend (LevelDB -> LMDB for jobs
+    of several worker processes, which LevelDB's single-process lock refuses)."""
+    from geeps_net.datumdb import open_db, write_db
+
+    with open_db(args.input) as db:
+        count = write_db(args.output, db.items(), backend=args.backend, overwrite=args.overwrite)
+    log.info("Copied %d records.", count)
+    return 0
+
+
+convert_db.add_flags = _convert_db_flags
+command("convert_db", "copy an LMDB or LevelDB into a new one of either backend")(convert_db)
 
 
 def _mean_flags(p) -> None:

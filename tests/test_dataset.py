@@ -418,3 +418,34 @@ def test_convert_cifar_data_verb_leveldb(cifar_bin, tmp_path, run):
     assert status == 0 and "Wrote 15 training and 3 test images." in err
     with open_db(tmp_path / "cifar10_train_leveldb") as db:
         assert db.size == 15 and db.first()[0] == b"00000"
+
+
+def test_leveldb_held_by_another_process_says_what_to_do(tmp_path):
+    pytest.importorskip("plyvel", reason="plyvel (extra 'leveldb') is not installed")
+    import subprocess
+    import sys
+
+    write_db(tmp_path / "db", [(b"a", b"1")], backend="leveldb")
+    hold = "import plyvel, sys; db = plyvel.DB(sys.argv[1]); print(1, flush=True); input()"
+    holder = subprocess.Popen(  # another process holds the LevelDB's lock
+        [sys.executable, "-c", hold, str(tmp_path / "db")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "1"
+        with pytest.raises(DataError, match="open in another process.*geeps-net convert_db"):
+            open_db(tmp_path / "db")
+    finally:
+        holder.communicate("\n", timeout=30)
+
+
+def test_convert_db_between_backends(tmp_path, run):
+    pytest.importorskip("plyvel", reason="plyvel (extra 'leveldb') is not installed")
+    records = [(b"%03d" % i, b"v%d" % i) for i in range(5)]
+    write_db(tmp_path / "in", records, backend="leveldb")
+    status, err = run("convert_db", "in", "out")
+    assert status == 0 and "Copied 5 records." in err
+    assert backend_of(tmp_path / "out") == "lmdb" and lmdb_records(tmp_path / "out") == records
+    assert run("convert_db", "out", "back", "-backend", "leveldb")[0] == 0
+    with open_db(tmp_path / "back") as db:
+        assert list(db.items()) == records
