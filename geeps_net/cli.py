@@ -59,7 +59,7 @@ def flag(parser, name: str, **kwargs) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from geeps_net import commands, timing, tools_cli  # noqa: F401  (registers the verbs)
+    from geeps_net import commands, data_cli, timing, tools_cli  # noqa: F401  (the verbs)
 
     parser = argparse.ArgumentParser(
         prog="geeps-net", description="Caffe-compatible training on the GeePS parameter server"
