@@ -246,12 +246,17 @@ class Net:
         from geeps_net.snapshot import write_caffemodel
 
         self._require_resident()
-        layers = [
+        weights = {layer.name: [to_host(b.data) for b in layer.blobs] for layer in self.layers}
+        write_caffemodel(path, self.name, self.model_layers(weights))
+
+    def model_layers(self, weights: dict) -> list:
+        """(name, type, bottoms, tops, arrays) per layer, in order, for write_caffemodel;
+        `weights`: layer name -> its arrays (layers without any get none)."""
+        return [
             (layer.name, layer.type, [b.name for b in bottoms], [t.name for t in tops],
-             [to_host(b.data) for b in layer.blobs])
+             weights.get(layer.name, []))
             for layer, bottoms, tops in zip(self.layers, self.bottoms, self.tops)
         ]  # fmt: skip
-        write_caffemodel(path, self.name, layers)
 
     def close(self) -> None:
         """Stop what layers hold outside blobs (data prefetch threads)."""

@@ -316,12 +316,7 @@ class Solver:
         from geeps_net.snapshot import write_caffemodel
 
         weights = weights_by_layer(self.net, self.trainer.param_arrays())
-        layers = [
-            (layer.name, layer.type, [b.name for b in bottoms], [t.name for t in tops],
-             weights.get(layer.name, []))
-            for layer, bottoms, tops in zip(self.net.layers, self.net.bottoms, self.net.tops)
-        ]  # fmt: skip
-        write_caffemodel(model, self.net.name, layers)
+        write_caffemodel(model, self.net.name, self.net.model_layers(weights))
         log.info("Snapshotting to binary proto file %s", model)
 
     def restore(self, path) -> None:
