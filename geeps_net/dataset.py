@@ -22,7 +22,6 @@ from google.protobuf.message import DecodeError
 from tqdm import tqdm
 
 from geeps_net.datumdb import (  # noqa: F401  (re-exported)
-    LmdbWriter,
     check_output,
     db_writer,
     open_db,

@@ -46,11 +46,19 @@ def read_image_list(source) -> list[tuple[str, int, int]]:
 def load_image(image_module, path, size: tuple[int, int] | None, color: bool) -> numpy.ndarray:
     """(C, H, W) uint8 of the image at `path`, resized to `size` = (height, width) if given; 3
     BGR channels when `color`, else 1. DataError naming the file if it cannot be read."""
+    return read_image(image_module, path, size, color)[0]
+
+
+def read_image(image_module, path, size, color: bool):
+    """load_image's pixels, with the file as opened (its Pillow image: format, mode) and its
+    bytes, read once."""
     try:
-        image = image_module.open(path).convert("RGB" if color else "L")  # then resize, as OpenCV
+        raw = Path(path).read_bytes()
+        image = image_module.open(io.BytesIO(raw))
+        shaped = image.convert("RGB" if color else "L")  # then resize, as OpenCV reads for Caffe
         if size:
-            image = image.resize((size[1], size[0]), image_module.Resampling.BILINEAR)
-        return pil_to_chw(image, color=color)
+            shaped = shaped.resize((size[1], size[0]), image_module.Resampling.BILINEAR)
+        return pil_to_chw(shaped, color=color), image, raw
     except OSError as e:
         raise DataError(f"cannot read image {path}: {e}") from None
 
@@ -126,25 +134,24 @@ class _DatumReader:
         self.encoded, self.fmt = encoded, fmt
 
     def datum(self, path: str, label: int) -> tuple[caffe_pb2.Datum, tuple[int, int, int]]:
-        full = self.root + path
-        pixels = load_image(self.image, full, self.resize, self.color)
+        pixels, own, raw = read_image(self.image, self.root + path, self.resize, self.color)
         if self.encoded:
-            datum = caffe_pb2.Datum(data=self._file_bytes(full, pixels), label=label, encoded=True)
+            data = self._file_bytes(own, raw, pixels)
+            datum = caffe_pb2.Datum(data=data, label=label, encoded=True)
         else:
             c, h, w = pixels.shape
             datum = caffe_pb2.Datum(channels=c, height=h, width=w, label=label)
             datum.data = pixels.tobytes()
         return datum, pixels.shape
 
-    def _file_bytes(self, full: str, pixels: numpy.ndarray) -> bytes:
+    def _file_bytes(self, own, raw: bytes, pixels: numpy.ndarray) -> bytes:
         """The file itself when its format, size and colour already are what was asked for
         (Caffe's ReadFileToDatum), else the pixels encoded in the wanted format (without
         encode_type, the file's own). Caffe keeps a colour file under -gray; this converts it."""
-        own = self.image.open(full)
         fmt = self.fmt or own.format
         matches_color = (own.mode not in ("L", "1", "I;16", "I", "F")) == self.color
         if fmt == own.format and not self.resize and matches_color:
-            return Path(full).read_bytes()
+            return raw
         rgb = pixels[::-1].transpose(1, 2, 0) if self.color else pixels[0]  # BGR -> RGB
         buffer = io.BytesIO()
         self.image.fromarray(numpy.ascontiguousarray(rgb)).save(buffer, format=fmt)
