@@ -194,7 +194,24 @@ def test_ave_pooling_counts_padding(xp):
     assert_allclose(y[0, 0], [[4 / 9, 6 / 9, 4 / 9], [6 / 9, 1, 6 / 9], [4 / 9, 6 / 9, 4 / 9]])
 
 
-@pytest.mark.parametrize("kernel, stride", [((2, 3), (2, 2)), ((3, 4), (1, 1))])  # 2nd: whole
+@pytest.mark.parametrize(
+    "in_size, kernel, pad, stride, tiles",
+    [
+        ((24, 24), (2, 2), (0, 0), (2, 2), True),  # LeNet's pool1
+        ((5, 5), (2, 2), (0, 0), (2, 2), True),  # the last windows clipped to the input
+        ((5, 5), (2, 2), (1, 1), (2, 2), True),
+        ((5, 5), (2, 2), (0, 0), (3, 3), False),  # gaps between the windows
+        ((5, 5), (3, 3), (0, 0), (2, 2), False),  # overlapping
+    ],
+)
+def test_pool_geometry_tiles(in_size, kernel, pad, stride, tiles):
+    """`tiles`: every input in exactly one window, so MAX's backward writes dx without zeroing."""
+    assert pool_geometry(in_size, kernel, pad, stride).tiles is tiles
+
+
+# 1st: tiling windows, 2nd: overlapping, 3rd: gaps, 4th: whole
+@pytest.mark.parametrize("kernel, stride", [((2, 2), (2, 2)), ((2, 3), (2, 2)), ((1, 2), (2, 3)),
+                                            ((3, 4), (1, 1))])  # fmt: skip
 def test_pool_backward_accumulates(kernel, stride):
     """With accumulate=True (SPP's levels), the kernels add into dx instead of overwriting it."""
     x = separated((1, 2, 3, 4))
@@ -226,19 +243,22 @@ def test_pool_backward_accumulates(kernel, stride):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_pooling_in_blocks(xp, monkeypatch, text, block, threads):
     """On the CPU, large inputs are pooled block by block over images and channels, the blocks
-    split over the CPU threads (backend.split_work): same numbers."""
+    split over the CPU threads (backend.split_work), and inputs that fit one block are still
+    shared out to the threads: same numbers as whole."""
     x = separated((3, 5, 5, 5), seed=5)
     rng = numpy.random.default_rng(6)
     results = []
     monkeypatch.setattr(backend, "_chunk_threads", lambda: backend._ChunkThreads(threads))
-    for size in (1 << 18, block):
+    for split, size in ((1 << 18, 1 << 18), (block, block), (block, 1 << 18)):
+        monkeypatch.setattr(pool_kernels, "CPU_POOL_SPLIT", split)
         monkeypatch.setattr(pool_kernels, "CPU_POOL_BLOCK", size)
         rig = LayerRig(xp, make_layer(text), [x])
         top = rig.forward()[0]
         results.append((top, rig.backward([rng.standard_normal(top.shape)])[0]))
         rng = numpy.random.default_rng(6)
-    for whole, blocked in zip(*results, strict=True):
-        assert_array_equal(blocked, whole)
+    for blocked in results[1:]:
+        for whole, part in zip(results[0], blocked, strict=True):
+            assert_array_equal(part, whole)
 
 
 @pytest.mark.parametrize(
