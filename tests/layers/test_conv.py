@@ -113,12 +113,15 @@ CONV_CASES = {
 }
 
 
-@pytest.fixture(params=["channels_first", "channels_last"])
+@pytest.fixture(params=["channels_first", "per_image", "channels_last"])
 def layout(request, monkeypatch):
-    """Run a test with both column layouts of Convolution."""
+    """Run a test with both column layouts of Convolution, channels-first columns both with one
+    GEMM per chunk and with one per image."""
     minimum = 0 if request.param == "channels_last" else 1 << 30
     monkeypatch.setattr(conv_module, "CHANNELS_LAST_MIN", minimum)
     monkeypatch.setattr(conv_module, "CHANNELS_LAST_MAX", 1 << 30)
+    depth = 1 << 30 if request.param == "per_image" else 0
+    monkeypatch.setattr(conv_module, "PER_IMAGE_GEMM_MAX_DEPTH", depth)
     return request.param
 
 
