@@ -9,7 +9,7 @@ from google.protobuf import text_format
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.testing import assert_allclose
 
-from geeps_net import solvers
+from geeps_net import backend, solvers
 from geeps_net.errors import SolverError
 from geeps_net.proto import caffe_pb2
 
@@ -359,9 +359,12 @@ def test_caffe_solver_steps(reference, case):
 
 @pytest.mark.parametrize("name", list(RULES))
 @pytest.mark.parametrize("then", [None, "subtract", "negate"])
-def test_blockwise_update_is_bit_identical(monkeypatch, name, then):
-    """The CPU update runs block by block; blocks of 7 elements must give exactly the bits of one
-    whole-array pass, with the caller's finishing step (data -= diff or diff = -diff) fused."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blockwise_update_is_bit_identical(monkeypatch, name, then, threads):
+    """The CPU update runs block by block, the blocks shared out to the CPU threads; blocks of 7
+    elements must give exactly the bits of one whole-array pass, with the caller's finishing
+    step (data -= diff or diff = -diff) fused."""
+    monkeypatch.setattr(backend, "_chunk_threads", lambda: backend._ChunkThreads(threads))
     p = solver_param(f'type: "{name}" weight_decay: 0.01 ' + RULES[name])
     rng = numpy.random.default_rng(3)
     w, g = rng.standard_normal((2, 50, 3)).astype(numpy.float32)
