@@ -22,11 +22,16 @@ class ChannelsLastColumns:
     _forward_chunk_ranges, _bias_diff).
     """
 
-    def _weights_cl(self, xp):
-        """The weights as (group, K·C/group, O/group), rows in (kernel, channel) order: a copy."""
+    def _weights_cl(self, xp, last_kernel_axis_first: bool = False):
+        """The weights as (group, K·C/group, O/group), rows in (kernel, channel) order: a copy.
+        `last_kernel_axis_first`: rows in (kernel[-1], *kernel[:-1], channel) order instead, the
+        order col2im_cl takes."""
         w = self.blobs[0].data
         w = w.reshape((self.group, -1) + w.shape[1:])  # (group, O/group, C/group, *kernel)
-        w = xp.ascontiguousarray(xp.moveaxis(w, (1, 2), (-1, -2)))  # (group, *kernel, C/g, O/g)
+        w = xp.moveaxis(w, (1, 2), (-1, -2))  # (group, *kernel, C/g, O/g)
+        if last_kernel_axis_first:
+            w = xp.moveaxis(w, len(self.geom.kernel), 1)
+        w = xp.ascontiguousarray(w)
         return w.reshape(self.group, -1, self.num_output // self.group)
 
     def _columns_cl(self, xp, x, geom):
@@ -81,7 +86,10 @@ class ChannelsLastColumns:
         """The weight gradient (G, K·C/G, O/G) over these chunks of images (returned); dx[n0:n1]
         when dx is not None. x (N, C, *in), dy (N, O, P)."""
         w_diff, out_count = None, self.geom.out_count
-        w_back = self._flipped_weights_cl(xp) if self.flip_geom is not None else w.swapaxes(1, 2)
+        if self.flip_geom is not None:
+            w_back = self._flipped_weights_cl(xp)
+        else:
+            w_back = self._weights_cl(xp, last_kernel_axis_first=True).swapaxes(1, 2)
         for n0, n1 in chunks:
             n = n1 - n0
             dy_cl = xp.ascontiguousarray(dy[n0:n1].swapaxes(1, 2))
@@ -104,11 +112,12 @@ class ChannelsLastColumns:
     def _data_diff_cl(self, xp, w_back, dy, dy_cl, dx) -> None:
         """dx (n, C, *in) from dy (n, O, P) (dy_cl: (G, n·P, O/G)). Stride 1: the flipped-kernel
         convolution of dy (w_back from _flipped_weights_cl), in channels-last columns; else
-        col2im of dy·Wᵀ (w_back: the weights (G, O/G, K·C/G))."""
+        col2im of dy·Wᵀ (w_back: the weights (G, O/G, K·C/G), kernel rows in col2im_cl's order)."""
         n, g, fg = dx.shape[0], self.geom, self.flip_geom
         if fg is None:
             dcol = xp.matmul(dy_cl, w_back).swapaxes(0, 1)  # (n·P, G, K·C/G)
-            dcol = dcol.reshape((n,) + g.out_size + (self.group,) + g.kernel + (-1,))
+            kernel = g.kernel[-1:] + g.kernel[:-1]
+            dcol = dcol.reshape((n,) + g.out_size + (self.group,) + kernel + (-1,))
             col2im_cl(xp, dcol, g, dx)
             return
         col = self._columns_cl(xp, dy.reshape((n, self.num_output) + g.out_size), fg)

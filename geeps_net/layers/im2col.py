@@ -68,6 +68,17 @@ class ConvGeometry:
         offsets = itertools.product(*(range(k) for k in self.kernel))
         return tuple((o, self.offset_slices(o)) for o in offsets)
 
+    @functools.cached_property
+    def folds(
+        self,
+    ) -> tuple[tuple[slice, ...], tuple[tuple[tuple[int, ...], tuple[slice, ...]], ...]]:
+        """col2im_cl's two passes: the last axis's offset slice per tap of that axis, and
+        (offset, slices) per tap of the other axes (row-major), slices over those axes only."""
+        last = tuple(self.offset_slices((0,) * (len(self.kernel) - 1) + (j,))[-1]
+                     for j in range(self.kernel[-1]))  # fmt: skip
+        rest = tuple((o[:-1], sl[:-1]) for o, sl in self.taps if o[-1] == 0)
+        return last, rest
+
     def center(self) -> tuple[slice, ...]:
         """Slices of the padded input that hold the real input."""
         return self._center
@@ -183,14 +194,29 @@ def im2col_cl(xp, x_cl, geom: ConvGeometry, group: int = 1):
 
 def col2im_cl(xp, dcol, geom: ConvGeometry, out) -> None:
     """out (n, C, *in) = the adjoint of im2col_cl(channels_last_padded(·)) applied to dcol
-    (n, *out, group, *kernel, C/group): one strided add per kernel offset into channels-last
-    scratch."""
+    (n, *out, group, kernel[-1], *kernel[:-1], C/group): the last kernel axis first.
+
+    Two passes of strided adds into channels-last scratch: the last axis's taps onto padded
+    rows, moving runs of kernel[:-1]·C/group contiguous elements, then the other axes' taps,
+    each onto whole padded rows. One add per tap moved runs of C/group: LeNet's conv2 backward
+    col2im (C = 20, 5x5) 0.40 -> 0.31 ms per 11 images, 10 NumPy calls instead of 25.
+    """
     spatial = len(geom.kernel)
-    groups = dcol.shape[:1] + geom.padded + (dcol.shape[1 + spatial], dcol.shape[-1])
-    buf = xp.zeros(groups, dtype=dcol.dtype)  # (n, *padded, group, C/group)
-    for offset, slices in geom.taps:
-        target = buf[(slice(None),) + slices]
-        target += dcol[(slice(None),) * (2 + spatial) + offset]
+    n, group, per_group = dcol.shape[0], dcol.shape[1 + spatial], dcol.shape[-1]
+    last, rest = geom.folds
+    rows_shape = (n,) + geom.out_size[:-1] + (geom.padded[-1], group) + geom.kernel[:-1]
+    rows = xp.zeros(rows_shape + (per_group,), dtype=dcol.dtype)
+    lead = (slice(None),) * spatial  # images and every output axis but the last
+    for j, sl in enumerate(last):
+        target = rows[lead + (sl,)]
+        target += dcol[lead + (slice(None), slice(None), j)]
+    if spatial == 1:
+        buf = rows  # (n, padded, group, C/group)
+    else:
+        buf = xp.zeros((n,) + geom.padded + (group, per_group), dtype=dcol.dtype)
+        for offset, slices in rest:
+            target = buf[(slice(None),) + slices]
+            target += rows[(slice(None),) * (spatial + 2) + offset]
     buf = buf.reshape(buf.shape[: 1 + spatial] + (-1,))
     out[...] = _channels_to_second(buf[(slice(None),) + geom.center()])
 

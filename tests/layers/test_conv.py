@@ -151,7 +151,8 @@ def test_convolution_data_gradient_paths(xp, num_output, layout):
     layer = make_layer(text)
     LayerRig(xp, layer, [numpy.zeros((1, 3, 4, 4))])
     assert (layer.flip_geom is not None) == (num_output == 2)
-    check_gradient(xp, make_layer(text), [(2, 3, 4, 4)])
+    params = _params(numpy.random.default_rng(4), (num_output, 3, 3, 3), True, num_output)
+    check_gradient(xp, make_layer(text), [(2, 3, 4, 4)], params=params)  # nonzero weights
 
 
 def test_convolution_3d(xp, layout):
@@ -162,6 +163,19 @@ def test_convolution_3d(xp, layout):
     want = conv_reference(x, *params, (1, 1, 1), (2, 2, 2), (1, 1, 1), 1)
     assert_allclose(forward_once(xp, make_layer(text), x, params=params), want, atol=1e-12)
     check_gradient(xp, make_layer(text), [x], params=params)
+
+
+def test_convolution_1d_grouped_strided(xp, layout):
+    """One spatial axis, two groups, stride 2: the data gradient goes through col2im, whose
+    channels-last form then has a single pass."""
+    rng = numpy.random.default_rng(3)
+    x = rng.standard_normal((2, 4, 9))
+    params = _params(rng, (6, 2, 3), True, 6)
+    text = "num_output: 6 kernel_size: 3 stride: 2 pad: 1 group: 2"
+    layer_text = f'type: "Convolution" convolution_param {{ {text} }}'
+    want = conv_reference(x, *params, (1,), (2,), (1,), 2)
+    assert_allclose(forward_once(xp, make_layer(layer_text), x, params=params), want, atol=1e-12)
+    check_gradient(xp, make_layer(layer_text), [x], params=params)
 
 
 def test_convolution_axis(xp, layout):
@@ -333,7 +347,8 @@ def test_deconvolution(xp, name):
 
 def test_deconvolution_3d_and_errors(xp):
     text = 'type: "Deconvolution" convolution_param { num_output: 2 kernel_size: 2 stride: 2 }'
-    check_gradient(xp, make_layer(text), [(1, 2, 2, 2, 3)])
+    params = _params(numpy.random.default_rng(7), (2, 2, 2, 2, 2), True, 2)
+    check_gradient(xp, make_layer(text), [(1, 2, 2, 2, 3)], params=params)  # nonzero weights
     layer = make_layer(text)
     assert LayerRig(xp, layer, [numpy.zeros((1, 3, 2, 2, 2))]).tops[0].shape == (1, 2, 4, 4, 4)
     bad = make_layer(
