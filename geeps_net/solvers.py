@@ -279,9 +279,9 @@ class UpdateRule:
 
 
 # Elements per block of the CPU update. 1 << 16 kept a block's data, diff and history in L2,
-# but its NumPy calls were too short to run on two threads at once: AlexNet's largest params
-# took 51 ms at 1 << 16 on two threads, 32 ms at 1 << 18 (48 and 57 ms on one); LeNet's, 0.29-0.33
-# ms every way.
+# but its NumPy calls were too short to run on two threads at once. AlexNet's fc6, fc7 and conv4
+# (medians of 7 rounds in one process): 57 ms at 1 << 16 on one thread, 51 ms on two; 48 and
+# 32 ms at 1 << 18. LeNet's params took 0.29-0.33 ms every way.
 UPDATE_BLOCK = 1 << 18
 
 

@@ -69,11 +69,10 @@ class ConvGeometry:
         return tuple((o, self.offset_slices(o)) for o in offsets)
 
     @functools.cached_property
-    def folds(
-        self,
-    ) -> tuple[tuple[slice, ...], tuple[tuple[tuple[int, ...], tuple[slice, ...]], ...]]:
-        """col2im_cl's two passes: the last axis's offset slice per tap of that axis, and
-        (offset, slices) per tap of the other axes (row-major), slices over those axes only."""
+    def folds(self) -> tuple[tuple[slice, ...], tuple]:
+        """col2im_cl's two passes: (the last axis's offset slice per tap of that axis, (offset,
+        slices) per tap of the other axes in row-major order, offsets and slices over those axes
+        only)."""
         last = tuple(self.offset_slices((0,) * (len(self.kernel) - 1) + (j,))[-1]
                      for j in range(self.kernel[-1]))  # fmt: skip
         rest = tuple((o[:-1], sl[:-1]) for o, sl in self.taps if o[-1] == 0)

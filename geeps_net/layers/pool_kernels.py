@@ -26,11 +26,11 @@ FLT_MAX = float(numpy.finfo(numpy.float32).max)  # Caffe starts every MAX window
 # CIFAR-10 quick's pool1 8.1 / 4.5 -> 7.1 / 4.5, AlexNet's pool1 (b16) 13.2 / 7.2 -> 8.6 / 6.2;
 # on one thread no slower. 1 << 22 fell out of the cache (CIFAR-10 quick's pool1 18.8 / 7.5).
 CPU_POOL_BLOCK = 1 << 20
-# Arrays from this many elements up are shared out to the threads even when they fit one block:
-# on two threads (one thread each time, median ms forward / backward) LeNet's pool1 (737 Ki
-# elements, MAX 2x2/2) 0.63 / 1.04 -> 0.52 / 0.67, CIFAR-10 quick's pool2 (819 Ki, AVE 3x3/2)
-# 1.41 / 1.71 -> 0.89 / 1.04. Below it the hand-off costs more: LeNet's pool2 (205 Ki) forward
-# ran 0.30 ms whole, 0.34-0.37 ms in two blocks.
+# Arrays from this many elements up are shared out to the threads even when they fit one block.
+# Whole on one thread against two blocks on two (min ms forward / backward, two runs): LeNet's
+# pool1 (737 Ki elements, MAX 2x2/2) 0.63 / 1.04 -> 0.52 / 0.67, CIFAR-10 quick's pool2 (819 Ki,
+# AVE 3x3/2) 1.41 / 1.71 -> 0.89 / 1.04. Below it the hand-off costs more than it saves: LeNet's
+# pool2 (205 Ki) forward ran 0.30 ms whole, 0.34-0.37 ms in two blocks.
 CPU_POOL_SPLIT = 1 << 19
 
 
