@@ -20,12 +20,12 @@ log = logging.getLogger("geeps_net.cli")
 COMMANDS = {}
 
 
-def command(name: str, help: str):
+def command(name: str, help: str, flags):
     """Register a `geeps-net <name>` verb: the function takes parsed args and returns an exit
-    code."""
+    code; `flags(parser)` adds its arguments."""
 
     def decorate(fn):
-        COMMANDS[name] = (fn, help)
+        COMMANDS[name] = (fn, help, flags)
         return fn
 
     return decorate
@@ -65,10 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="geeps-net", description="Caffe-compatible training on the GeePS parameter server"
     )
     sub = parser.add_subparsers(dest="command", metavar="command")
-    for name, (fn, help_text) in COMMANDS.items():
+    for name, (_, help_text, add_flags) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         flag(p, "debug", action="store_true", help="show tracebacks and debug logs")
-        fn.add_flags(p)
+        add_flags(p)
     return parser
 
 

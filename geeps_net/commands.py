@@ -40,6 +40,7 @@ def _train_flags(p) -> None:
     ps_flags(p)
 
 
+@command("train", "train or fine-tune a model", _train_flags)
 def train(args) -> int:
     """Train a net from a solver file, through the parameter server unless -no_ps; with several
     workers under -workers N, -machinefile F or mpirun/srun (geeps_net/distributed.py)."""
@@ -137,10 +138,6 @@ def _naming_solver(path: str):
         raise
 
 
-train.add_flags = _train_flags
-command("train", "train or fine-tune a model")(train)
-
-
 def _install_signals(solver, args) -> None:
     """SIGINT/SIGHUP/SIGTERM ask the loop to stop or snapshot at the end of the iteration."""
 
@@ -183,6 +180,7 @@ def ps_trainer(net, args, xp, train: bool, rule=None, param=None):
     return trainer
 
 
+@command("test", "score a model", _test_flags)
 def test(args) -> int:
     """Score a model: `iterations` forward passes, per-batch and mean outputs (Caffe's `caffe
     test`), through the parameter server unless -no_ps."""
@@ -240,7 +238,3 @@ def _score(net, run, iterations: int, tqdm) -> None:
             w = weights.get(name, 0.0)
             suffix = f" (* {w:g} = {w * v:g} loss)" if w else ""
             log.info("%s = %g%s", name, v, suffix)
-
-
-test.add_flags = _test_flags
-command("test", "score a model")(test)

@@ -23,6 +23,7 @@ def _convert_flags(p) -> None:
     flag(p, "overwrite", action="store_true")
 
 
+@command("convert_mnist", "convert MNIST-format IDX files to a database", _convert_flags)
 def convert_mnist(args) -> int:
     """MNIST / Fashion-MNIST IDX files -> LMDB or LevelDB of Datum (convert_mnist_data)."""
     from geeps_net.dataset import convert_mnist as convert
@@ -32,10 +33,6 @@ def convert_mnist(args) -> int:
     )
     log.info("Processed %d files.", count)
     return 0
-
-
-convert_mnist.add_flags = _convert_flags
-command("convert_mnist", "convert MNIST-format IDX files to a database")(convert_mnist)
 
 
 def _imageset_flags(p) -> None:
@@ -54,6 +51,7 @@ def _imageset_flags(p) -> None:
     flag(p, "overwrite", action="store_true")
 
 
+@command("convert_imageset", "convert a list of images to a database", _imageset_flags)
 def convert_imageset(args) -> int:
     """Images named in a list file -> LMDB of Datum (Caffe's convert_imageset)."""
     from geeps_net.imageset import convert_imageset as convert
@@ -76,16 +74,13 @@ def convert_imageset(args) -> int:
     return 0
 
 
-convert_imageset.add_flags = _imageset_flags
-command("convert_imageset", "convert a list of images to a database")(convert_imageset)
-
-
 def _siamese_flags(p) -> None:
     _convert_flags(p)
     p.set_defaults(backend="leveldb")  # the siamese example's net reads LevelDB
     flag(p, "seed", type=int, default=None, help="seed of the random pairs (absent: random)")
 
 
+@command("convert_mnist_siamese_data", "make image pairs for the siamese example", _siamese_flags)
 def convert_mnist_siamese_data(args) -> int:
     """MNIST-format IDX files -> image pairs for the siamese example (Caffe's tool)."""
     from geeps_net.dataset import convert_mnist_siamese as convert
@@ -98,12 +93,6 @@ def convert_mnist_siamese_data(args) -> int:
     return 0
 
 
-convert_mnist_siamese_data.add_flags = _siamese_flags
-command("convert_mnist_siamese_data", "make image pairs for the siamese example")(
-    convert_mnist_siamese_data
-)
-
-
 def _cifar_flags(p) -> None:
     p.add_argument("input_folder", help="CIFAR-10's binary version (data_batch_1.bin, ...)")
     p.add_argument("output_folder", help="where cifar10_train_<db> and cifar10_test_<db> go")
@@ -111,6 +100,7 @@ def _cifar_flags(p) -> None:
     flag(p, "overwrite", action="store_true")
 
 
+@command("convert_cifar_data", "convert CIFAR-10's binary files to databases", _cifar_flags)
 def convert_cifar_data(args) -> int:
     """CIFAR-10's binary files -> train and test databases (Caffe's convert_cifar_data)."""
     from geeps_net.dataset import convert_cifar
@@ -122,10 +112,6 @@ def convert_cifar_data(args) -> int:
     return 0
 
 
-convert_cifar_data.add_flags = _cifar_flags
-command("convert_cifar_data", "convert CIFAR-10's binary files to databases")(convert_cifar_data)
-
-
 def _convert_db_flags(p) -> None:
     p.add_argument("input", help="LMDB or LevelDB")
     p.add_argument("output", help="database to create, the same records in the other backend")
@@ -133,6 +119,9 @@ def _convert_db_flags(p) -> None:
     flag(p, "overwrite", action="store_true")
 
 
+@command(
+    "convert_db", "copy an LMDB or LevelDB into a new one of either backend", _convert_db_flags
+)
 def convert_db(args) -> int:
     """Copy a database's records into a new one of another backend (LevelDB -> LMDB for jobs
     of several worker processes, which LevelDB's single-process lock refuses)."""
@@ -144,25 +133,18 @@ def convert_db(args) -> int:
     return 0
 
 
-convert_db.add_flags = _convert_db_flags
-command("convert_db", "copy an LMDB or LevelDB into a new one of either backend")(convert_db)
-
-
 def _mean_flags(p) -> None:
     p.add_argument("db", help="LMDB or LevelDB of Datum")
     p.add_argument("output", help="mean .binaryproto to write")
 
 
+@command("compute_image_mean", "compute the mean image of a data set", _mean_flags)
 def compute_image_mean(args) -> int:
     """Mean image of a Datum LMDB or LevelDB as a binaryproto (Caffe's compute_image_mean)."""
     from geeps_net.dataset import compute_image_mean as compute
 
     compute(args.db, args.output)
     return 0
-
-
-compute_image_mean.add_flags = _mean_flags
-command("compute_image_mean", "compute the mean image of a data set")(compute_image_mean)
 
 
 def _features_flags(p) -> None:
@@ -177,6 +159,7 @@ def _features_flags(p) -> None:
     flag(p, "overwrite", action="store_true")
 
 
+@command("extract_features", "write a trained net's blobs to databases", _features_flags)
 def extract_features(args) -> int:
     """Blobs of a trained net, image by image, into databases (Caffe's extract_features)."""
     from geeps_net.backend import array_module
@@ -196,7 +179,3 @@ def extract_features(args) -> int:
         overwrite=args.overwrite,
     )
     return 0
-
-
-extract_features.add_flags = _features_flags
-command("extract_features", "write a trained net's blobs to databases")(extract_features)

@@ -27,6 +27,7 @@ def _time_flags(p) -> None:
     ps_flags(p)
 
 
+@command("time", "benchmark model execution time", _time_flags)
 def time_net(args) -> int:
     """Per-layer forward/backward milliseconds averaged over `iterations` (Caffe's `caffe time`).
 
@@ -107,10 +108,6 @@ def _sync(xp) -> None:
         xp.cuda.get_current_stream().synchronize()
 
 
-time_net.add_flags = _time_flags
-command("time", "benchmark model execution time")(time_net)
-
-
 # -- device_query ---------------------------------------------------------------------------------
 
 
@@ -118,6 +115,7 @@ def _device_flags(p) -> None:
     flag(p, "gpu", default="0")
 
 
+@command("device_query", "show GPU diagnostic information", _device_flags)
 def device_query(args) -> int:
     """Print the GPU's properties (CuPy), or say that none is available."""
     if not gpu_available():
@@ -136,7 +134,3 @@ def _has_cupy() -> bool:
     from geeps_net import backend
 
     return backend.cupy is not None
-
-
-device_query.add_flags = _device_flags
-command("device_query", "show GPU diagnostic information")(device_query)

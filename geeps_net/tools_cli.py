@@ -22,6 +22,7 @@ def _parse_log_flags(p) -> None:
     p.add_argument("outdir", help="directory for <log name>.train and <log name>.test")
 
 
+@command("parse_log", "parse a training log into .train and .test CSV files", _parse_log_flags)
 def parse_log(args) -> int:
     """Write the log's train and test rows as CSV, as Caffe's tools/extra/parse_log.py does."""
     from geeps_net.logparse import parse_log as parse
@@ -34,16 +35,13 @@ def parse_log(args) -> int:
     return 0
 
 
-parse_log.add_flags = _parse_log_flags
-command("parse_log", "parse a training log into .train and .test CSV files")(parse_log)
-
-
 def _plot_log_flags(p) -> None:
     p.add_argument("log", help="training log (Caffe's or geeps-net's glog lines)")
     p.add_argument("out", help="image to write: .png, .svg or .pdf")
     flag(p, "title", default="", help="title above the plots (default: the log's file name)")
 
 
+@command("plot_log", "plot loss, accuracy and learning rate from a training log", _plot_log_flags)
 def plot_log(args) -> int:
     """Plot loss, accuracy and learning rate against iteration (needs matplotlib)."""
     from pathlib import Path
@@ -56,10 +54,6 @@ def plot_log(args) -> int:
     return 0
 
 
-plot_log.add_flags = _plot_log_flags
-command("plot_log", "plot loss, accuracy and learning rate from a training log")(plot_log)
-
-
 def _draw_net_flags(p) -> None:
     p.add_argument("net", help="net prototxt")
     p.add_argument("out", help="output: .png, .svg, .pdf (rendered by graphviz) or .dot")
@@ -67,6 +61,7 @@ def _draw_net_flags(p) -> None:
     flag(p, "rankdir", default="LR", choices=["LR", "TB", "RL", "BT"], help="graph direction")
 
 
+@command("draw_net", "draw a net prototxt as a graph (.png/.svg/.dot)", _draw_net_flags)
 def draw_net(args) -> int:
     """Draw the net's layers and blobs (with shapes when it builds) as a graphviz graph."""
     from geeps_net.drawnet import draw_net as draw
@@ -74,10 +69,6 @@ def draw_net(args) -> int:
     out = draw(args.net, args.out, phase=args.phase, rankdir=args.rankdir)
     log.info("Wrote %s", out)
     return 0
-
-
-draw_net.add_flags = _draw_net_flags
-command("draw_net", "draw a net prototxt as a graph (.png/.svg/.dot)")(draw_net)
 
 
 # -- upgrades -------------------------------------------------------------------------------------
@@ -139,8 +130,7 @@ for _verb, _what in (
     (upgrade_net_proto_binary, "upgrade a legacy binary net (.caffemodel)"),
     (upgrade_solver_proto_text, "upgrade a legacy solver prototxt"),
 ):
-    _verb.add_flags = _upgrade_flags
-    command(_verb.__name__, _what)(_verb)
+    command(_verb.__name__, _what, _upgrade_flags)(_verb)
 
 
 # -- keygen ---------------------------------------------------------------------------------------
@@ -151,6 +141,7 @@ def _keygen_flags(p) -> None:
     flag(p, "workers", type=int, default=1, help="worker key pairs to make")
 
 
+@command("keygen", "make CURVE key files for an authenticated job", _keygen_flags)
 def keygen(args) -> int:
     """CURVE keys for a job: one server pair and one pair per worker, laid out as the PS config
     expects (servers admit every public key in the workers' folder)."""
@@ -170,7 +161,3 @@ def keygen(args) -> int:
         )  # fmt: skip
     log.info("Wrote the server pair and %d worker pairs under %s", args.workers, root)
     return 0
-
-
-keygen.add_flags = _keygen_flags
-command("keygen", "make CURVE key files for an authenticated job")(keygen)
