@@ -26,7 +26,6 @@ from geeps_net.datumdb import (  # noqa: F401  (re-exported)
     db_writer,
     open_db,
     write_db,
-    write_lmdb,
 )
 from geeps_net.errors import DataError
 from geeps_net.fileio import write_atomic

@@ -232,11 +232,6 @@ def write_db(
     return writer.count
 
 
-def write_lmdb(out_path, records, *, map_size: int = 1 << 26, overwrite: bool = False) -> int:
-    """write_db with the LMDB backend."""
-    return write_db(out_path, records, map_size=map_size, overwrite=overwrite)
-
-
 def db_writer(out_path, backend: str = "lmdb", *, map_size: int = 1 << 26, overwrite=False):
     """An LmdbWriter or LevelDbWriter for a new database at `out_path`."""
     if backend.lower() not in BACKENDS:

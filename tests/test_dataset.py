@@ -15,7 +15,6 @@ from geeps_net.dataset import (
     decode_datum,
     encode_datum,
     read_idx,
-    write_lmdb,
 )
 from geeps_net.datumdb import backend_of, open_db, write_db
 from geeps_net.errors import DataError
@@ -141,19 +140,19 @@ def test_failure_leaves_nothing_half_written(tmp_path):
             yield b"%08d" % i, b"x" * 10
 
     with pytest.raises(RuntimeError, match="disk on fire"):
-        write_lmdb(tmp_path / "db", records())
+        write_db(tmp_path / "db", records())
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_failed_last_commit_leaves_nothing(tmp_path):
     with pytest.raises(lmdb.BadValsizeError):  # the long key fails in the commit at the end
-        write_lmdb(tmp_path / "db", [(b"a", b"1"), (b"k" * 600, b"2")])
+        write_db(tmp_path / "db", [(b"a", b"1"), (b"k" * 600, b"2")])
     assert list(tmp_path.iterdir()) == []
 
 
 def test_map_grows_when_full(tmp_path):
     records = ((b"%08d" % i, bytes(40_000)) for i in range(100))  # 4 MB into a 1 MB map
-    assert write_lmdb(tmp_path / "db", records, map_size=1) == 100
+    assert write_db(tmp_path / "db", records, map_size=1) == 100
     assert len(lmdb_records(tmp_path / "db")) == 100
 
 
@@ -193,7 +192,7 @@ def test_datum_float_data_and_corrupt():
 def test_compute_image_mean(tmp_path):
     rng = numpy.random.default_rng(3)
     items = rng.integers(0, 256, (5, 3, 2, 4), dtype=numpy.uint8)
-    write_lmdb(tmp_path / "db", ((b"%08d" % i, encode_datum(x, i)) for i, x in enumerate(items)))
+    write_db(tmp_path / "db", ((b"%08d" % i, encode_datum(x, i)) for i, x in enumerate(items)))
     mean = compute_image_mean(tmp_path / "db", tmp_path / "mean.binaryproto", progress=False)
     expected = items.astype(numpy.float64).sum(0) / 5
     assert_allclose(mean, expected, rtol=1e-6)

@@ -94,14 +94,14 @@ def datum_lmdb(path: Path, garbage_at: int | None = None, odd_shape_at: int | No
     """A 6-record LMDB of 1x4x4 Datum, with one garbage value or one 1x5x5 record if asked."""
     import numpy
 
-    from geeps_net.dataset import encode_datum, write_lmdb
+    from geeps_net.dataset import encode_datum, write_db
 
     records = []
     for i in range(6):
         pixels = numpy.full((1, 5, 5) if i == odd_shape_at else (1, 4, 4), i, numpy.uint8)
         value = b"\x07not a datum\xff\xff" if i == garbage_at else encode_datum(pixels, i % 3)
         records.append((b"%08d" % i, value))
-    write_lmdb(path, records)
+    write_db(path, records)
 
 
 DATA_NET = """name: "lmdb"

@@ -182,7 +182,7 @@ def test_convert_mnist_without_labels(cli, tmp_path):
 
 def test_failed_lmdb_write_leaves_nothing(tmp_path):
     """A record source that fails after a committed chunk: no DB, no temp directory."""
-    from geeps_net.dataset import write_lmdb
+    from geeps_net.dataset import write_db
     from geeps_net.errors import DataError
 
     def records():
@@ -191,7 +191,7 @@ def test_failed_lmdb_write_leaves_nothing(tmp_path):
         raise DataError("images.idx: record 1500 is unreadable")
 
     with pytest.raises(DataError, match="record 1500"):
-        write_lmdb(tmp_path / "out_lmdb", records())
+        write_db(tmp_path / "out_lmdb", records())
     assert not list(tmp_path.iterdir())
 
 

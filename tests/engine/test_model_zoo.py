@@ -11,7 +11,7 @@ import pytest
 
 from geeps_net.backend import to_host
 from geeps_net.cli import GlogFormatter
-from geeps_net.dataset import compute_image_mean, encode_datum, write_lmdb
+from geeps_net.dataset import compute_image_mean, encode_datum, write_db
 from geeps_net.logparse import parse_log_text
 from geeps_net.net import Net
 from geeps_net.prototxt import read_net, read_solver
@@ -113,8 +113,8 @@ def _tiny_cifar(root: Path) -> None:
                for i in range(12)]  # fmt: skip
     db = root / "data" / "cifar10"
     db.mkdir(parents=True)
-    write_lmdb(db / "cifar10_train_lmdb", records)
-    write_lmdb(db / "cifar10_test_lmdb", records)
+    write_db(db / "cifar10_train_lmdb", records)
+    write_db(db / "cifar10_test_lmdb", records)
     compute_image_mean(db / "cifar10_train_lmdb", db / "mean.binaryproto", progress=False)
 
 

@@ -9,7 +9,7 @@ import numpy
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from geeps_net.dataset import encode_datum, write_db, write_lmdb
+from geeps_net.dataset import encode_datum, write_db
 from geeps_net.errors import DataError, LayerError
 from geeps_net.layer import TEST, TRAIN
 from geeps_net.testing import LayerRig, make_layer
@@ -163,7 +163,7 @@ def test_leveldb_without_plyvel_names_the_extra(tmp_path, monkeypatch):
 def test_corrupt_record_names_source_and_key(tmp_path, rigs):
     good = encode_datum(items()[0], 0)
     bad = b"\xff\xfe junk"
-    write_lmdb(tmp_path / "db", [(b"00000000", good), (b"00000001", bad), (b"00000002", good)])
+    write_db(tmp_path / "db", [(b"00000000", good), (b"00000001", bad), (b"00000002", good)])
     rig = rigs(data_layer(tmp_path / "db", batch=2))
     for _ in range(2):  # a retry reads the same records and fails the same way
         with pytest.raises(DataError, match=r"source .*db key '00000001': corrupt record"):
@@ -185,7 +185,7 @@ def test_transform_error_names_the_layer(db):
 
 def test_record_of_another_shape(tmp_path, rigs):
     records = [encode_datum(items()[0], 0), encode_datum(items(shape=(1, 4, 5))[0], 1)]
-    write_lmdb(tmp_path / "db", [(b"%08d" % i, v) for i, v in enumerate(records)])
+    write_db(tmp_path / "db", [(b"%08d" % i, v) for i, v in enumerate(records)])
     with pytest.raises(DataError, match=r"key '00000001': shape \(1, 4, 5\) differs"):
         rigs(data_layer(tmp_path / "db", batch=2)).forward()
 
@@ -209,11 +209,11 @@ def test_float_and_encoded_datums(tmp_path, rigs):
     from geeps_net.proto import caffe_pb2
 
     encoded = caffe_pb2.Datum(data=png.getvalue(), encoded=True, label=3).SerializeToString()
-    write_lmdb(tmp_path / "enc", [(b"0", encoded)])
+    write_db(tmp_path / "enc", [(b"0", encoded)])
     data, labels = rigs(data_layer(tmp_path / "enc", batch=1)).forward()
     assert_array_equal(data[0], rgb[:, :, ::-1].transpose(2, 0, 1))  # BGR, as OpenCV decodes
     floats = numpy.linspace(-1, 1, 40).reshape(2, 4, 5)
-    write_lmdb(tmp_path / "flt", [(b"0", encode_datum(floats, 1))])
+    write_db(tmp_path / "flt", [(b"0", encode_datum(floats, 1))])
     data, _ = rigs(data_layer(tmp_path / "flt", batch=1)).forward()
     assert_allclose(data[0], floats, rtol=1e-6)
 
