@@ -106,12 +106,22 @@ class Device:
             event.synchronize()
 
 
+# The host arena starts on a page: every view then starts on a cache line (blocks start on
+# ops.ALIGN boundaries), so AVX-512 loads never straddle two lines, as at malloc's 16 bytes.
+ALIGN = 4096
+
+
 class Arena:
     """The one preallocated device buffer; typed views at byte offsets."""
 
     def __init__(self, device: Device, nbytes: int) -> None:
         self.nbytes = nbytes
-        self.buffer = device.xp.empty(nbytes, dtype=numpy.uint8)
+        if device.gpu:  # CuPy's allocations start on 512-byte boundaries already
+            self.buffer = device.xp.empty(nbytes, dtype=numpy.uint8)
+            return
+        raw = numpy.empty(nbytes + ALIGN, dtype=numpy.uint8)
+        skip = -raw.ctypes.data % ALIGN
+        self.buffer = raw[skip : skip + nbytes]
 
     def view(self, offset: int, num_values: int, dtype):
         """A 1-D view of `num_values` of `dtype` at byte `offset` (zero copy)."""

@@ -119,6 +119,13 @@ def test_arena_views_share_one_buffer():
     assert arena.buffer[256:320].view(numpy.float64).tolist() == [2.0] * 8
 
 
+def test_host_arena_starts_on_a_page():
+    for nbytes in (256, 1 << 20, 3 * 4096 + 256):
+        arena = Arena(Device(numpy), nbytes)
+        assert arena.buffer.ctypes.data % 4096 == 0 and arena.buffer.nbytes == nbytes
+        assert arena.view(256, 64, "float32").ctypes.data % 64 == 0
+
+
 def test_copies_are_counted_each_way():
     device = Device(numpy)
     host = HostStore(device)
