@@ -8,7 +8,8 @@ through clock t - 1 applied to the cache.
 The cache applies the worker's own update log when the table's clock completes (its last update of
 the iteration); the same log goes to the shards. Pushes replace a range's values and re-apply the
 own updates the push does not include yet. With one worker and read_my_writes the pushed values
-equal the cache bit for bit (same additions on the same values), so a push only advances the age.
+equal the cache bit for bit (same additions on the same values), so a push only advances the age;
+on a CPU, in-process shards then keep this cache as their master copy (see Client).
 With several workers under BSP the own update is not applied at all: every read waits for a push
 that already includes it.
 """

@@ -168,6 +168,8 @@ class Client:
         for tc in self.cache.tables:
             data, upd = self._home(tc.spec, plan, "data"), self._home(tc.spec, plan, "log")
             self.cache.bind(tc, data, upd, plan.resident(tc.spec.key))
+            if self.cache.exact and not self.device.gpu:  # one copy of the params, not two
+                self.shards.share_master(self.worker_id, tc.spec.id, tc.data)
         for local in self.locals:
             home = self._home(local.spec, plan, "data")
             put(self.device, home, local.data)

@@ -163,6 +163,10 @@ class RemoteShards(Component):
             part = Part(table, rng.row_start, rng.row_stop, clock)
             self._gather(rng.shard, channel, part, values[rng.values])
 
+    def share_master(self, worker: int, table: int, values: numpy.ndarray) -> bool:
+        """Never: the master copies live in other processes."""
+        return False
+
     def clock(self, worker: int, table: int, clock: int) -> None:
         """This worker finished `clock` of `table`: tell every server holding part of it. Once
         every table finished `clock`, the gathered UPDATES go out."""

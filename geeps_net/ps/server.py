@@ -14,7 +14,10 @@ The client talks to shards through five calls, which a network transport impleme
     push_update(worker, table, clock, delta)     the worker's whole-table update of one clock (host)
     clock(worker, table, clock)                  the worker finished `clock` of `table`
 
-LocalShards implements them with direct calls for a single process.
+LocalShards implements them with direct calls for a single process. There a sole worker may also
+`share_master(worker, table, values)`: the shards then keep its host cache as the master copy, which
+that worker updates with the very additions it pushes, instead of repeating them on a copy of their
+own (a network transport answers False).
 """
 
 from __future__ import annotations
@@ -66,12 +69,26 @@ class TabletServer:
         self.ranges: dict[int, list[RowRange]] = {}
         self.clocks: dict[int, list[int]] = {}  # table -> clocks completed, per worker
         self.pending: dict[tuple[int, int, int], dict[int, numpy.ndarray]] = {}
+        self.shared: set[int] = set()  # tables whose master copy is the sole worker's cache
 
     def add_range(self, table: int, rng: RowRange) -> None:
         """Own `rng` of `table` (zeros until write_initial)."""
         self.ranges.setdefault(table, []).append(rng)
         self.clocks.setdefault(table, [0] * self.num_workers)
         self.master[table, rng.row_start] = numpy.zeros(rng.value_stop - rng.value_start, "float32")
+
+    def share(self, table: int, values: numpy.ndarray) -> None:
+        """Keep the sole worker's whole-table cache `values` as this shard's master copy of
+        `table`: that worker adds each delta to it before pushing the delta, so apply_update only
+        checks the clock. Only one worker, summing or averaging its own deltas, may share."""
+        if self.num_workers != 1 or self.update_rule == "SERVER":
+            raise PsError(
+                f"shard {self.shard}: table {table} cannot share a worker's cache "
+                f"({self.num_workers} workers, update_rule {self.update_rule})"
+            )
+        for rng in self.ranges.get(table, []):
+            self.master[table, rng.row_start] = values[rng.values]
+        self.shared.add(table)
 
     def data_age(self, table: int) -> int:
         """The last clock every worker has completed for `table` (-1 before any)."""
@@ -102,7 +119,8 @@ class TabletServer:
                 f"expected {done}"
             )
         if self.num_workers == 1 and self.update_rule != "SERVER":
-            self.master[table, rows.row_start] += delta  # nothing to wait for or to order
+            if table not in self.shared:  # a shared master has the delta already
+                self.master[table, rows.row_start] += delta  # nothing to wait for or to order
             return
         slot = self.pending.setdefault((table, rows.row_start, clock), {})
         # a caller that reuses its buffer needs the copy; copy=None copies only to convert
@@ -208,6 +226,19 @@ class LocalShards:
         with self._lock:
             for rng in self.tables[table]:
                 self.servers[rng.shard].apply_update(worker, table, clock, rng, delta[rng.values])
+
+    def share_master(self, worker: int, table: int, values: numpy.ndarray) -> bool:
+        """With one worker (not SERVER): its host cache `values` of `table` becomes the master
+        copy of every shard holding part of it (TabletServer.share); False when not allowed."""
+        with self._lock:
+            if self.num_workers != 1 or worker not in self.subscribers:
+                return False
+            servers = self._servers_of(table)
+            if any(s.update_rule == "SERVER" for s in servers):
+                return False
+            for server in servers:
+                server.share(table, values)
+            return True
 
     def clock(self, worker: int, table: int, clock: int) -> None:
         """`worker` finished `clock` of `table` on every shard holding part of it."""

@@ -58,6 +58,10 @@ def test_unlimited_budget_is_exact_and_zero_copy():
     assert stats["iterations"] == ITERS and stats["out_of_order"] == 0
     assert client.plan.placement.resident == set(client.plan.items)
     assert stats["ops"]["read"]["count"] == 5 * ITERS
+    for tc in client.cache.tables:  # one copy of the params: the shards' master is the cache
+        for rng in tc.ranges:
+            master = client.shards.servers[rng.shard].master[tc.spec.id, rng.row_start]
+            assert numpy.shares_memory(master, tc.data)
 
 
 def budgets():

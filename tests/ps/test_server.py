@@ -95,3 +95,33 @@ def test_local_shards_split_tables_and_deliver_to_every_worker():
     assert sorted(p.range.row_start for p in last) == [r.row_start for r in ranges]
     for push in last:
         assert numpy.array_equal(push.values, numpy.arange(30)[push.range.values] + 3)
+
+
+def test_a_sole_worker_shares_its_cache_as_the_master_copy():
+    config = Config(num_servers=2, row_size=4)
+    shards = LocalShards(config)
+    pushes = []
+    shards.subscribe(0, pushes.append)
+    shards.create_table(0, 30)
+    cache = numpy.arange(30, dtype="float32")
+    assert shards.share_master(0, 0, cache)
+    shards.write_initial(0, numpy.arange(30, dtype="float32"))
+    delta = numpy.full(30, 0.5, "float32")
+    cache += delta  # the worker applies its own update, then pushes the same delta
+    shards.push_update(0, 0, 0, delta)
+    shards.clock(0, 0, 0)
+    expected = numpy.arange(30) + 0.5
+    assert numpy.array_equal(shards.read_table(0), expected)  # added once, not twice
+    assert shards.data_age(0) == 0
+    assert all(numpy.shares_memory(p.values, cache) for p in pushes)
+
+
+def test_only_a_sole_summing_worker_may_share_the_master_copy():
+    two = LocalShards(Config(row_size=4), num_workers=2)
+    two.subscribe(0, lambda push: None)
+    two.create_table(0, 8)
+    assert not two.share_master(0, 0, numpy.zeros(8, "float32"))
+    server = TabletServer(0, 1, "SERVER", server_rule=lambda *a: None)
+    server.add_range(0, RowRange(0, 0, 2, 0, 8))
+    with pytest.raises(PsError, match="cannot share"):
+        server.share(0, numpy.zeros(8, "float32"))
