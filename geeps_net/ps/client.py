@@ -20,6 +20,7 @@ warning, never aborts.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import time
@@ -81,7 +82,9 @@ class Client:
         self._clock = self._cursor = 0
         self._early: set[int] = set()  # recorded releases already done out of order this clock
         self._held: dict[tuple, list[Handle]] = {}
-        self._calls: dict[str, list[float]] = {}  # kind -> [count, seconds, wait seconds]
+        # kind -> [count, seconds, wait seconds]
+        self._calls: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0, 0.0])
+        self._signatures: list[tuple] = []  # per recorded op: (kind, key, fetch, keep)
         self.out_of_order = 0
         self._started = self._last_clock = 0.0
         self._reported = False
@@ -163,6 +166,7 @@ class Client:
         plan = make_plan(self._ops, items, c.gpu_memory_capacity, c.mm_warning_level, c.row_size)
         log.info("%s", plan.summary())
         self.plan, self.arena = plan, Arena(self.device, plan.arena_size)
+        self._signatures = [(op.kind, op.key, op.fetch, op.keep) for op in plan.ops]
         self.pool = PoolAllocator(plan.pool_offset, plan.pool_size)
         self.host = HostStore(self.device)
         for tc in self.cache.tables:
@@ -313,11 +317,10 @@ class Client:
         """Index of the recorded op this call is, advancing the cursor; -1 if out of order.
         The caller has checked the background threads (_check) already."""
         i = self._cursor
-        op = self.plan.ops[i]
-        if op.kind != kind or op.key != key or op.fetch != fetch or op.keep != keep:
+        if self._signatures[i] != (kind, key, fetch, keep):
             return -1
         self._cursor = i + 1
-        while self._cursor in self._early:  # done already: only a table clock may remain
+        while self._early and self._cursor in self._early:  # done already: only a clock may remain
             slowpath.pass_early(self, self._cursor)
             self._cursor += 1
         return i
@@ -382,7 +385,7 @@ class Client:
             self._bg.submit(Work(kind, self._clock, key, handle, event, keep=keep, counted=keep))
 
     def _count(self, kind: str, seconds: float, waited: float) -> None:
-        entry = self._calls.setdefault(kind, [0, 0.0, 0.0])
+        entry = self._calls[kind]
         entry[0] += 1
         entry[1] += seconds
         entry[2] += waited

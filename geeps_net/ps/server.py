@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy
 
@@ -35,11 +35,12 @@ from geeps_net.ps.tables import Directory, RowRange
 ServerRule = Callable[[int, RowRange, numpy.ndarray, numpy.ndarray, int], None]
 
 
-@dataclass(frozen=True)
-class Push:
+class Push(NamedTuple):
     """New values of one row range of a table, including every worker's updates up to `data_age`.
 
     `fresh`: the values never change (a received frame): a receiver may keep them without a copy.
+    A named tuple, not a frozen dataclass: one is made per range at every clock of every table, and
+    a frozen dataclass takes several times as long to build.
     """
 
     table: int
@@ -191,6 +192,7 @@ class LocalShards:
         ]
         self.tables: dict[int, list[RowRange]] = {}
         self.sizes: dict[int, int] = {}
+        self.owners: dict[int, list[TabletServer]] = {}  # table -> its shards, in shard order
         self.subscribers: dict[int, Callable[[Push], None]] = {}
         self._lock = threading.RLock()
 
@@ -208,6 +210,8 @@ class LocalShards:
             self.tables[table] = self.directory.ranges(table, num_values)
             for rng in self.tables[table]:
                 self.servers[rng.shard].add_range(table, rng)
+            shards = sorted({rng.shard for rng in self.tables[table]})
+            self.owners[table] = [self.servers[s] for s in shards]
             return self.tables[table]
 
     def subscribe(self, worker: int, deliver: Callable[[Push], None]) -> None:
@@ -263,8 +267,7 @@ class LocalShards:
         """Nothing to release in process; present for the transport's interface."""
 
     def _servers_of(self, table: int) -> list[TabletServer]:
-        shards = sorted({rng.shard for rng in self.tables[table]})
-        return [self.servers[s] for s in shards]
+        return self.owners[table]
 
     def _deliver(self, pushes: list[Push]) -> None:
         for push in pushes:
