@@ -222,7 +222,7 @@ class LocalShards:
     def write_initial(self, table: int, values: numpy.ndarray) -> None:
         """Worker 0's initial values of `table`, pushed to every subscriber at data_age -1."""
         with self._lock:
-            for server in self._servers_of(table):
+            for server in self.owners[table]:
                 self._deliver(server.write_initial(table, values))
 
     def push_update(self, worker: int, table: int, clock: int, delta: numpy.ndarray) -> None:
@@ -237,17 +237,16 @@ class LocalShards:
         with self._lock:
             if self.num_workers != 1 or worker not in self.subscribers:
                 return False
-            servers = self._servers_of(table)
-            if any(s.update_rule == "SERVER" for s in servers):
+            if self.servers[0].update_rule == "SERVER":  # every shard runs the config's rule
                 return False
-            for server in servers:
+            for server in self.owners[table]:
                 server.share(table, values)
             return True
 
     def clock(self, worker: int, table: int, clock: int) -> None:
         """`worker` finished `clock` of `table` on every shard holding part of it."""
         with self._lock:
-            for server in self._servers_of(table):
+            for server in self.owners[table]:
                 self._deliver(server.clock(worker, table, clock))
 
     def read_table(self, table: int) -> numpy.ndarray:
@@ -261,13 +260,10 @@ class LocalShards:
     def data_age(self, table: int) -> int:
         """The oldest data age among the shards holding `table`."""
         with self._lock:
-            return min((s.data_age(table) for s in self._servers_of(table)), default=-1)
+            return min((s.data_age(table) for s in self.owners[table]), default=-1)
 
     def close(self) -> None:
         """Nothing to release in process; present for the transport's interface."""
-
-    def _servers_of(self, table: int) -> list[TabletServer]:
-        return self.owners[table]
 
     def _deliver(self, pushes: list[Push]) -> None:
         for push in pushes:
