@@ -30,7 +30,7 @@ from geeps_net.ps.trace import maybe_span
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(slots=True)
 class Handle:
     """A buffer handed to the application: `op` is its recorded index (-1: slow path)."""
 
@@ -43,7 +43,7 @@ class Handle:
     version: int = 0  # host-store version a fetched local copy was taken from
 
 
-@dataclass
+@dataclass(slots=True)
 class Work:
     """One reclaimer task, queued by the application in call order."""
 
