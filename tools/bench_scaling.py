@@ -13,6 +13,12 @@ printed with the CPU time per iteration of a worker's main thread and of its oth
 communication, shard server, reclaimer, ZeroMQ I/O: what the PS costs a core, a figure that other
 load on the machine hardly moves), then `scaling <net> <N> workers = X.XXx` against 1 worker.
 On a machine with fewer cores than workers the workers share cores: the figure says so.
+
+What the machine itself allows is measured in the same run: N lone workers at once (each on its
+own in-process shard, no traffic between them) share its cores, caches and memory bandwidth as
+the N workers of one job do, so `ceiling <net> <N> workers = X.XXx` (their images/s against one
+worker's) bounds the scaling any PS could reach here; `efficiency` is scaling / ceiling, the
+part the PS's own work and waits leave of it.
 """
 
 from __future__ import annotations
@@ -84,26 +90,18 @@ def worker(args) -> dict:
     return {"worker": i, "images": images, "seconds": seconds, "cpu_ms": [main_ms, other_ms]}
 
 
-def measure(net: str, n: int, args, base: int) -> tuple[float, list[float]]:
+def measure(net: str, n: int, args, base: int, alone: bool = False) -> tuple[float, list[float]]:
     """Images/s of one run with `n` worker processes, and the CPU ms per iteration of a worker's
-    main thread and of its other threads (the mean over the workers)."""
+    main thread and of its other threads (the mean over the workers). `alone`: n independent
+    lone workers at once instead of one job of n."""
     env = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        net,
-        "--of",
-        str(n),
-        "--base",
-        str(base),
-        "--iters",
-        str(args.iters),
-        "--warmup",
-        str(args.warmup),
-    ]
+    of = 1 if alone else n
+    cmd = [sys.executable, __file__, "--child", net, "--of", str(of), "--base", str(base)]
+    cmd += ["--iters", str(args.iters), "--warmup", str(args.warmup)]
     procs = [
-        subprocess.Popen([*cmd, "--worker", str(i)], env=env, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [*cmd, "--worker", str(0 if alone else i)], env=env, stdout=subprocess.PIPE, text=True
+        )
         for i in range(n)
     ]
     results = []
@@ -131,30 +129,48 @@ def main() -> None:
     if args.child:
         print(json.dumps(worker(args)), flush=True)
         return
-    from geeps_net.ps.cluster import free_base_port
-
     print(f"{os.cpu_count()} CPU cores; one BLAS thread per worker")
     for net in args.nets:
         iters = args.iters or {"lenet": 60, "cifar10_quick": 15}.get(net, 10)
-        rates, run_args = {}, argparse.Namespace(**{**vars(args), "iters": iters})
+        rates, lone, run_args = {}, {}, argparse.Namespace(**{**vars(args), "iters": iters})
         for n in args.workers:
-            runs, cpu = [], []
-            for _ in range(args.repeats):
-                base = args.base or free_base_port("127.0.0.1", n, 21000)
-                rate, ms = measure(net, n, run_args, base)
-                runs.append(rate)
-                cpu.append(ms)
-            rates[n] = statistics.median(runs)
-            main_ms, other_ms = (statistics.median(ms[k] for ms in cpu) for k in (0, 1))
-            print(
-                f"{net} {n} worker{'s' if n > 1 else ''}: {rates[n]:.1f} images/s "
-                f"(runs {', '.join(f'{r:.1f}' for r in runs)}); CPU per iteration: main thread "
-                f"{main_ms:.1f} ms, other threads {other_ms:.1f} ms",
-                flush=True,
-            )
+            modes = [False, True] if n > 1 else [False]
+            results = _alternating(net, n, run_args, modes)
+            rates[n] = _report(net, f"{n} worker{'s' if n > 1 else ''}", results[False])
+            if n > 1:
+                lone[n] = _report(net, f"{n} lone workers at once", results[True])
         for n in args.workers:
             if n > 1 and 1 in rates:
-                print(f"scaling {net} {n} workers = {rates[n] / rates[1]:.2f}x", flush=True)
+                scaling, ceiling = rates[n] / rates[1], lone[n] / rates[1]
+                print(f"scaling {net} {n} workers = {scaling:.2f}x", flush=True)
+                print(f"ceiling {net} {n} workers = {ceiling:.2f}x", flush=True)
+                print(f"efficiency {net} {n} workers = {scaling / ceiling:.2f}", flush=True)
+
+
+def _alternating(net: str, n: int, args, modes: list[bool]) -> dict[bool, list]:
+    """--repeats measurements of each mode (alone or not), taking turns in reversed order every
+    other repeat so that drift on a shared machine hits each alike: mode -> [(rate, cpu ms)]."""
+    from geeps_net.ps.cluster import free_base_port
+
+    results = {alone: [] for alone in modes}
+    for r in range(args.repeats):
+        for alone in modes if r % 2 == 0 else modes[::-1]:
+            base = args.base or free_base_port("127.0.0.1", n, 21000)
+            results[alone].append(measure(net, n, args, base, alone))
+    return results
+
+
+def _report(net: str, label: str, runs: list) -> float:
+    """Print the median images/s of `runs` (measure's results) with each run and the CPU
+    figures; returns the median."""
+    rate = statistics.median(r for r, _ in runs)
+    main_ms, other_ms = (statistics.median(ms[k] for _, ms in runs) for k in (0, 1))
+    print(
+        f"{net} {label}: {rate:.1f} images/s (runs {', '.join(f'{r:.1f}' for r, _ in runs)}); "
+        f"CPU per iteration: main thread {main_ms:.1f} ms, other threads {other_ms:.1f} ms",
+        flush=True,
+    )
+    return rate
 
 
 if __name__ == "__main__":
