@@ -391,11 +391,8 @@ class Client:
         entry[2] += waited
 
     def _check(self) -> None:
-        bg = self._bg
-        if bg.error is None and not bg.stopping:  # every call checks: the common case first
-            return
         try:
-            bg.check()
+            self._bg.check()
         except GeepsError:
             self._reported = True
             raise
