@@ -10,11 +10,15 @@ from __future__ import annotations
 import functools
 import math
 
-from geeps_net.backend import split_work
+import numpy
+
+from geeps_net import onednn
+from geeps_net.backend import chunk_threads, split_work
 from geeps_net.layer import Layer, register
 from geeps_net.layers import im2col as im2col_module
 from geeps_net.layers.conv_cl import ChannelsLastColumns
 from geeps_net.layers.im2col import batch_chunks, col2im, conv_geometry, im2col, window_view
+from geeps_net.proto import caffe_pb2
 
 # Convolutions with MIN..MAX input channels per group use channels-last columns (conv_cl.py):
 # their copies move runs of kernel_w·C (or C/group) elements instead of out_w. Measured faster at
@@ -28,6 +32,11 @@ CHANNELS_LAST_MIN, CHANNELS_LAST_MAX = 8, 32
 # 0.56 -> 0.26 ms, its weight gradient 0.60 -> 0.19 ms; neutral at 75-175 (CIFAR-10's conv1),
 # slower at 2304 (AlexNet's conv3: 11.9 -> 13.1 ms), where P = 169 makes each GEMM small.
 PER_IMAGE_GEMM_MAX_DEPTH = 128
+# oneDNN (onednn.py) takes convolutions whose outputs per group fill its 16-lane blocks. Two
+# threads, forward / backward ms: CIFAR-10 quick's conv1 (32 outputs) 6.23 / 8.30 -> 3.35 / 3.99,
+# conv2 11.18 / 22.06 -> 5.86 / 11.84; LeNet's conv2 (50 outputs, padded to 64) 1.86 / 4.46 ->
+# 2.44 / 5.61, its conv1 (20) 0.69 / 0.70 -> 0.80 / 0.79: those stay on im2col.
+ONEDNN_OUTPUT_BLOCK = 16
 COL2IM_BUDGET_SCALE = 4  # backward chunks that end in col2im hold this many column budgets
 
 _HW_FIELDS = {"kernel_size": "kernel", "pad": "pad", "stride": "stride"}
@@ -172,6 +181,36 @@ class ConvolutionLayer(ChannelsLastColumns, BaseConvolutionLayer):
         for top in tops:
             top.reshape(shape)
 
+    def _onednn(self, xp, dtype):
+        """oneDNN's primitives for this geometry (onednn.py), or None: then im2col and GEMMs.
+        oneDNN takes 2-D float32 convolutions on the CPU with outputs in whole blocks
+        (ONEDNN_OUTPUT_BLOCK), unless convolution_param's engine is CAFFE (Caffe's own choice
+        between its im2col kernel and cuDNN)."""
+        p = self.layer_param.convolution_param
+        if xp is not numpy or dtype != numpy.float32 or self.num_spatial != 2:
+            return None
+        if p.engine == caffe_pb2.ConvolutionParameter.CAFFE:
+            return None
+        if (self.num_output // self.group) % ONEDNN_OUTPUT_BLOCK:
+            return None
+        g = self.geom
+        spec = onednn.ConvSpec(
+            self.num,
+            self.channels,
+            g.in_size,
+            self.num_output,
+            g.out_size,
+            g.kernel,
+            g.stride,
+            g.pad,
+            g.dilation,
+            self.group,
+            self.bias_term,
+        )
+        if getattr(self, "_onednn_spec", None) != spec:  # made once per geometry
+            self._onednn_spec, self._onednn_conv = spec, onednn.convolution(spec)
+        return self._onednn_conv
+
     def _transposed_geometry(self):
         """With stride 1 the data gradient is itself a convolution: dy padded by extent − 1 − pad,
         correlated with the flipped kernel. Its geometry, or None when col2im is the better way."""
@@ -215,6 +254,10 @@ class ConvolutionLayer(ChannelsLastColumns, BaseConvolutionLayer):
         return cols.reshape(self.group, -1, n, self.geom.out_count).transpose(2, 0, 1, 3)
 
     def forward(self, xp, bottoms, tops):
+        conv = self._onednn(xp, bottoms[0].data.dtype)
+        if conv is not None:
+            self._forward_onednn(xp, conv, bottoms, tops)
+            return
         if self.channels_last:
             self._forward_cl(xp, bottoms, tops)
             return
@@ -238,7 +281,21 @@ class ConvolutionLayer(ChannelsLastColumns, BaseConvolutionLayer):
             prod = prod.reshape(self.num_output, n1 - n0, out_count).swapaxes(0, 1)
             self._store_with_bias(xp, prod, y[n0:n1])
 
+    def _forward_onednn(self, xp, conv, bottoms, tops) -> None:
+        g, threads = self.geom, chunk_threads(xp)
+        w = _contiguous(self.blobs[0].data)
+        b = _contiguous(self.blobs[1].data) if self.bias_term else None
+        for bottom, top in zip(bottoms, tops, strict=True):
+            x = _contiguous(bottom.data).reshape((self.num, self.channels) + g.in_size)
+            conv.forward(
+                x, w, b, top.data.reshape((self.num, self.num_output) + g.out_size), threads
+            )
+
     def backward(self, xp, tops, propagate_down, bottoms):
+        conv = self._onednn(xp, tops[0].diff.dtype)
+        if conv is not None:
+            self._backward_onednn(xp, conv, tops, propagate_down, bottoms)
+            return
         if self.channels_last:
             self._backward_cl(xp, tops, propagate_down, bottoms)
             return
@@ -251,6 +308,22 @@ class ConvolutionLayer(ChannelsLastColumns, BaseConvolutionLayer):
             work = functools.partial(self._backward_chunks, xp, x, dy, dx)
             for part in split_work(xp, work, self._chunks(xp, data_diff=down)):
                 w_diff += part
+
+    def _backward_onednn(self, xp, conv, tops, propagate_down, bottoms) -> None:
+        """oneDNN writes each bottom's weight gradients into scratch arrays; they are added to
+        the blobs' diffs, which accumulate (iter_size, shared weights, several bottoms)."""
+        g, threads = self.geom, chunk_threads(xp)
+        w = _contiguous(self.blobs[0].data)
+        dw = numpy.empty_like(w)
+        db = numpy.empty(self.num_output, w.dtype) if self.bias_term else None
+        for top, down, bottom in zip(tops, propagate_down, bottoms, strict=True):
+            x = _contiguous(bottom.data).reshape((self.num, self.channels) + g.in_size)
+            dy = _contiguous(top.diff).reshape((self.num, self.num_output) + g.out_size)
+            dx = bottom.diff.reshape(x.shape) if down else None
+            conv.backward(x, w, dy, dx, dw, db, threads)
+            self.blobs[0].diff += dw
+            if self.bias_term:
+                self.blobs[1].diff += db
 
     def _backward_chunks(self, xp, x, dy, dx, chunks):
         """The weight gradient over these chunks of images (returned); dx[n0:n1] when dx is not
@@ -296,6 +369,12 @@ class ConvolutionLayer(ChannelsLastColumns, BaseConvolutionLayer):
                 )
             dcol = xp.matmul(w_data, dy_t)  # (group, C·K/group, n·P)
             col2im(xp, dcol.reshape((self.channels,) + g.kernel + (n,) + g.out_size), g, dx)
+
+
+def _contiguous(a):
+    """`a` itself when C-contiguous (blobs are), else a contiguous copy: oneDNN reads and
+    writes plain layouts by address."""
+    return a if a.flags.c_contiguous else numpy.ascontiguousarray(a)
 
 
 @register("Deconvolution")

@@ -1,0 +1,407 @@
+"""oneDNN's CPU convolutions through ctypes: what cuDNN is to the GPU path, for NumPy.
+
+oneDNN (the library PyTorch's CPU convolutions run on) ships as the `onednn-cpu-gomp` wheel, a
+shared library with a C API and no Python binding; pip puts it in the environment's lib/. Its
+JIT convolutions work in blocked layouts (16 channels a vector) and reach the cores' FMA peak,
+where im2col and a GEMM top out at about half of it on the small channel counts of LeNet and
+CIFAR-10 (docs/benchmarks.md). Arrays stay NumPy arrays in Caffe's layouts (NCHW, OIHW): each
+call reorders them into the layout the primitive chose and back, a memory-bound pass that costs
+about 1% of the convolution.
+
+Convolution2d holds the forward, backward-data and backward-weights primitives of one geometry.
+`convolution()` makes one, or returns None when the library is missing, disabled
+(GEEPS_ONEDNN=0) or declines the geometry: the caller then keeps its im2col path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import sys
+import weakref
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy
+
+_vp = ctypes.c_void_p
+_Dims = ctypes.c_int64 * 12  # dnnl_dims_t: DNNL_MAX_NDIMS entries
+
+# Values from oneDNN 3.x's headers (dnnl_types.h, dnnl_common_types.h).
+_CPU_ENGINE, _IN_ORDER_STREAM, _F32 = 1, 1, 3
+_TAG_ANY, _TAG_A, _TAG_ABCD, _TAG_ABCDE = 1, 2, 5, 6
+_FORWARD_TRAINING, _CONV_DIRECT = 64, 1
+_QUERY_IMPL_INFO = 8
+_Q_SRC, _Q_DIFF_SRC, _Q_WEIGHTS, _Q_DIFF_WEIGHTS, _Q_DST, _Q_DIFF_DST = range(129, 135)
+_ARG_SRC, _ARG_DST, _ARG_WEIGHTS, _ARG_BIAS = 1, 17, 33, 41
+_ARG_DIFF_SRC, _ARG_DIFF_DST, _ARG_DIFF_WEIGHTS, _ARG_DIFF_BIAS = 129, 145, 161, 169
+_ALLOCATE = _vp(2**64 - 1)  # DNNL_MEMORY_ALLOCATE: the library allocates the buffer
+_SONAME = "libdnnl.so.3"
+
+
+class _ExecArg(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_int), ("memory", _vp)]
+
+
+class OneDNNError(RuntimeError):
+    """A oneDNN call failed (status code in the message)."""
+
+
+class ConvSpec(NamedTuple):
+    """One 2-D convolution: batch, channels, input and output sizes, kernel, stride, padding
+    (left per axis), dilation (Caffe's: 1 = none), groups, and whether it has a bias."""
+
+    num: int
+    channels: int
+    in_size: tuple[int, int]
+    num_output: int
+    out_size: tuple[int, int]
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    pad: tuple[int, int]
+    dilation: tuple[int, int]
+    group: int
+    bias: bool
+
+    def pad_right(self) -> tuple[int, int]:
+        """oneDNN's right padding: what makes its output size Caffe's (floor division may drop
+        the last window, so this can be below the left padding)."""
+        return tuple(
+            (o - 1) * s + d * (k - 1) + 1 - i - p
+            for i, o, k, s, p, d in zip(
+                self.in_size, self.out_size, self.kernel, self.stride, self.pad, self.dilation
+            )
+        )
+
+
+def _library_paths() -> list[str]:
+    """Where pip's onednn-cpu-gomp wheel puts the library (the environment's lib/), then the
+    dynamic loader's own search."""
+    paths = [Path(sys.prefix) / "lib" / _SONAME, Path(sys.base_prefix) / "lib" / _SONAME]
+    return [str(p) for p in paths if p.exists()] + [_SONAME]
+
+
+class _Library:
+    """The loaded library with its argument types declared, and one CPU engine."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.lib = lib
+        for name, argtypes in _SIGNATURES.items():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = argtypes, ctypes.c_int
+        lib.dnnl_primitive_desc_query_md.restype = _vp
+        lib.dnnl_memory_desc_equal.restype = ctypes.c_int
+        self.engine = _vp()
+        self.check(lib.dnnl_engine_create(ctypes.byref(self.engine), _CPU_ENGINE, 0), "engine")
+
+    @staticmethod
+    def check(status: int, what: str) -> None:
+        """Raise OneDNNError unless `status` is dnnl_success."""
+        if status != 0:
+            raise OneDNNError(f"oneDNN {what} failed with status {status}")
+
+    def memory_desc(self, dims, tag: int) -> _vp:
+        """A float32 memory descriptor of `dims` in format `tag` (caller destroys it)."""
+        md = _vp()
+        self.check(
+            self.lib.dnnl_memory_desc_create_with_tag(
+                ctypes.byref(md), len(dims), _Dims(*dims), _F32, tag
+            ),
+            f"memory descriptor {tuple(dims)}",
+        )
+        return md
+
+
+_SIGNATURES = {
+    "dnnl_engine_create": [_vp, ctypes.c_int, ctypes.c_size_t],
+    "dnnl_engine_destroy": [_vp],
+    "dnnl_stream_create": [_vp, _vp, ctypes.c_uint],
+    "dnnl_stream_destroy": [_vp],
+    "dnnl_stream_wait": [_vp],
+    "dnnl_memory_desc_create_with_tag": [_vp, ctypes.c_int, _Dims, ctypes.c_int, ctypes.c_int],
+    "dnnl_memory_desc_destroy": [_vp],
+    "dnnl_memory_desc_equal": [_vp, _vp],
+    "dnnl_memory_create": [_vp, _vp, _vp, _vp],
+    "dnnl_memory_set_data_handle": [_vp, _vp],
+    "dnnl_memory_destroy": [_vp],
+    "dnnl_primitive_desc_query_md": [_vp, ctypes.c_int, ctypes.c_int],
+    "dnnl_primitive_desc_query": [_vp, ctypes.c_int, ctypes.c_int, _vp],
+    "dnnl_primitive_desc_destroy": [_vp],
+    "dnnl_primitive_create": [_vp, _vp],
+    "dnnl_primitive_destroy": [_vp],
+    "dnnl_primitive_execute": [_vp, _vp, ctypes.c_int, _vp],
+    "dnnl_reorder_primitive_desc_create": [_vp, _vp, _vp, _vp, _vp, _vp],
+    "dnnl_convolution_forward_primitive_desc_create": [_vp, _vp, ctypes.c_int, ctypes.c_int]
+    + [_vp] * 4
+    + [_Dims] * 4
+    + [_vp],
+    "dnnl_convolution_backward_data_primitive_desc_create": [_vp, _vp, ctypes.c_int]
+    + [_vp] * 3
+    + [_Dims] * 4
+    + [_vp, _vp],
+    "dnnl_convolution_backward_weights_primitive_desc_create": [_vp, _vp, ctypes.c_int]
+    + [_vp] * 4
+    + [_Dims] * 4
+    + [_vp, _vp],
+}
+
+
+@functools.cache
+def library() -> _Library | None:
+    """The oneDNN library, loaded once per process; None when it is not installed or
+    GEEPS_ONEDNN=0 turns it off."""
+    if os.environ.get("GEEPS_ONEDNN", "1") == "0":
+        return None
+    # OpenMP threads that spin after a convolution keep a core from the next layer's chunk
+    # threads (backend.split_work): LeNet 3,984 -> 4,754 img/s with passive waits. libgomp reads
+    # this when it loads, which is with oneDNN unless something loaded it before.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    for path in _library_paths():
+        try:
+            return _Library(ctypes.CDLL(path))
+        except (OSError, AttributeError, OneDNNError):
+            continue
+    return None
+
+
+def _omp_set_num_threads():
+    """libgomp's omp_set_num_threads (oneDNN's threads: this wheel runs on GNU OpenMP)."""
+    try:
+        fn = ctypes.CDLL("libgomp.so.1").omp_set_num_threads
+    except (OSError, AttributeError):
+        return lambda n: None
+    fn.argtypes, fn.restype = [ctypes.c_int], None
+    return fn
+
+
+class _Port:
+    """One array argument of a primitive: a memory over the caller's plain NumPy array and,
+    when the primitive chose another layout, the memory in that layout (`inner`, shared with
+    the other ports of the same array kind and layout) and the reorder between them (`into`
+    True: plain -> chosen, before the primitive runs; False: chosen -> plain, after)."""
+
+    def __init__(self, owner: Convolution2d, kind: str, pd, query: int, into: bool) -> None:
+        lib, plain = owner.lib.lib, owner.plain[kind]
+        chosen = _vp(lib.dnnl_primitive_desc_query_md(pd, query, 0))
+        self._set_handle = lib.dnnl_memory_set_data_handle
+        self.user = owner.memory(plain, _vp(None))
+        self.reorder, self.args = None, []
+        if lib.dnnl_memory_desc_equal(plain, chosen):
+            self.inner = self.user
+            return
+        self.inner = owner.inner_memory(kind, chosen)
+        src, dst = (self.user, self.inner) if into else (self.inner, self.user)
+        self.reorder = owner.reorder(*((plain, chosen) if into else (chosen, plain)))
+        self.args = [(_ARG_SRC, src), (_ARG_DST, dst)]
+
+    def bind(self, array: numpy.ndarray) -> None:
+        """Point the plain memory at `array` (C-contiguous float32 of the plain shape)."""
+        self._set_handle(self.user, array.ctypes.data)
+
+
+class Convolution2d:
+    """The oneDNN primitives of one convolution geometry (ConvSpec): forward, data gradient and
+    weight gradients. Arrays in Caffe's layouts: x (N, C, H, W), weights (O, C/group, kh, kw),
+    bias (O,), y (N, O, out_h, out_w), all C-contiguous float32.
+
+    Calls on one object must not overlap (its blocked copies are shared between them); a layer
+    owns its own."""
+
+    def __init__(self, lib: _Library, spec: ConvSpec) -> None:
+        self.lib, self.spec = lib, spec
+        self._handles: list[tuple[str, _vp]] = []
+        self._finalizer = weakref.finalize(self, _destroy, lib.lib, self._handles)
+        self._inner: dict[str, list[tuple[_vp, _vp]]] = {"x": [], "y": [], "w": []}
+        self._set_threads = _omp_set_num_threads()
+        self.stream = self._create(
+            "dnnl_stream_create", "dnnl_stream_destroy", lib.engine, _IN_ORDER_STREAM
+        )
+        n, c, o, g = spec.num, spec.channels, spec.num_output, spec.group
+        if g == 1:
+            w_dims, w_tag = (o, c) + spec.kernel, _TAG_ABCD
+        else:
+            w_dims, w_tag = (g, o // g, c // g) + spec.kernel, _TAG_ABCDE
+        dims = {"x": (n, c) + spec.in_size, "y": (n, o) + spec.out_size, "w": w_dims}
+        self.plain = {
+            "x": self._md(dims["x"], _TAG_ABCD),
+            "y": self._md(dims["y"], _TAG_ABCD),
+            "w": self._md(w_dims, w_tag),
+            "b": self._md((o,), _TAG_A),
+        }
+        any_ = {k: self._md(d, _TAG_ANY) for k, d in dims.items()}
+        geometry = (
+            _Dims(*spec.stride),
+            _Dims(*(d - 1 for d in spec.dilation)),  # oneDNN counts the gaps: 0 = dense
+            _Dims(*spec.pad),
+            _Dims(*spec.pad_right()),
+        )
+        bias = self.plain["b"] if spec.bias else _vp(None)
+        x, w, y = any_["x"], any_["w"], any_["y"]
+        fwd_pd = self._pd(
+            "dnnl_convolution_forward_primitive_desc_create",
+            *(_FORWARD_TRAINING, _CONV_DIRECT, x, w, bias, y, *geometry, None),
+        )
+        data_pd = self._pd(
+            "dnnl_convolution_backward_data_primitive_desc_create",
+            *(_CONV_DIRECT, x, w, y, *geometry, fwd_pd, None),
+        )
+        weights_pd = self._pd(
+            "dnnl_convolution_backward_weights_primitive_desc_create",
+            *(_CONV_DIRECT, x, w, bias, y, *geometry, fwd_pd, None),
+        )
+        self.fwd_pd = fwd_pd
+        self.fwd, self.bwd_data, self.bwd_weights = (
+            self._primitive(pd) for pd in (fwd_pd, data_pd, weights_pd)
+        )
+        self.ports = {
+            "x": _Port(self, "x", fwd_pd, _Q_SRC, into=True),
+            "w": _Port(self, "w", fwd_pd, _Q_WEIGHTS, into=True),
+            "y": _Port(self, "y", fwd_pd, _Q_DST, into=False),
+            "bd_dy": _Port(self, "y", data_pd, _Q_DIFF_DST, into=True),
+            "bd_w": _Port(self, "w", data_pd, _Q_WEIGHTS, into=True),
+            "bd_dx": _Port(self, "x", data_pd, _Q_DIFF_SRC, into=False),
+            "bw_x": _Port(self, "x", weights_pd, _Q_SRC, into=True),
+            "bw_dy": _Port(self, "y", weights_pd, _Q_DIFF_DST, into=True),
+            "bw_dw": _Port(self, "w", weights_pd, _Q_DIFF_WEIGHTS, into=False),
+        }
+        self.bias = self.memory(self.plain["b"], _vp(None)) if spec.bias else None
+
+    def implementation(self) -> str:
+        """oneDNN's name for the forward's kernel (e.g. 'jit:avx512_core')."""
+        out = ctypes.c_char_p()
+        self.lib.lib.dnnl_primitive_desc_query(self.fwd_pd, _QUERY_IMPL_INFO, 0, ctypes.byref(out))
+        return (out.value or b"").decode()
+
+    def forward(self, x, w, b, y, threads: int) -> None:
+        """y = conv(x, w) + b (b None without a bias term), on `threads` OpenMP threads."""
+        self._set_threads(threads)
+        p = self.ports
+        args = [
+            (_ARG_SRC, self._into(p["x"], x)),
+            (_ARG_WEIGHTS, self._into(p["w"], w)),
+            (_ARG_DST, self._bound(p["y"], y)),
+        ]
+        if self.spec.bias:
+            args.append((_ARG_BIAS, self._bind(self.bias, b)))
+        self._execute(self.fwd, args)
+        self._out(p["y"])
+
+    def backward(self, x, w, dy, dx, dw, db, threads: int) -> None:
+        """The gradients of y = conv(x, w) + b for top diff dy: dw and db (None without a bias
+        term), overwritten (the caller adds them to the blobs' diffs), and dx when not None."""
+        self._set_threads(threads)
+        p = self.ports
+        dy_inner = self._into(p["bw_dy"], dy)
+        args = [
+            (_ARG_SRC, self._into(p["bw_x"], x)),
+            (_ARG_DIFF_DST, dy_inner),
+            (_ARG_DIFF_WEIGHTS, self._bound(p["bw_dw"], dw)),
+        ]
+        if self.spec.bias:
+            args.append((_ARG_DIFF_BIAS, self._bind(self.bias, db)))
+        self._execute(self.bwd_weights, args)
+        self._out(p["bw_dw"])
+        if dx is None:
+            return
+        # Both gradients usually take dy in one layout: then its blocked copy is already made.
+        same = p["bd_dy"].inner.value == dy_inner.value and p["bd_dy"].reorder is not None
+        args = [
+            (_ARG_DIFF_DST, dy_inner if same else self._into(p["bd_dy"], dy)),
+            (_ARG_WEIGHTS, self._into(p["bd_w"], w)),
+            (_ARG_DIFF_SRC, self._bound(p["bd_dx"], dx)),
+        ]
+        self._execute(self.bwd_data, args)
+        self._out(p["bd_dx"])
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _bind(self, memory, array) -> _vp:
+        self.lib.lib.dnnl_memory_set_data_handle(memory, array.ctypes.data)
+        return memory
+
+    def _bound(self, port: _Port, array) -> _vp:
+        """The memory the primitive writes for `port`, with the plain one bound to `array`."""
+        port.bind(array)
+        return port.inner
+
+    def _into(self, port: _Port, array) -> _vp:
+        """The memory the primitive reads for `port`: `array`, reordered when it must be."""
+        port.bind(array)
+        if port.reorder is not None:
+            self._execute(port.reorder, port.args)
+        return port.inner
+
+    def _out(self, port: _Port) -> None:
+        if port.reorder is not None:
+            self._execute(port.reorder, port.args)
+
+    def _execute(self, primitive, args) -> None:
+        packed = (_ExecArg * len(args))(*(_ExecArg(k, m) for k, m in args))
+        lib = self.lib.lib
+        self.lib.check(
+            lib.dnnl_primitive_execute(primitive, self.stream, len(args), packed), "execute"
+        )
+        self.lib.check(lib.dnnl_stream_wait(self.stream), "stream wait")
+
+    def _create(self, create: str, destroy: str, *args) -> _vp:
+        handle = _vp()
+        self.lib.check(getattr(self.lib.lib, create)(ctypes.byref(handle), *args), create)
+        self._handles.append((destroy, handle))
+        return handle
+
+    def _md(self, dims, tag: int) -> _vp:
+        md = self.lib.memory_desc(dims, tag)
+        self._handles.append(("dnnl_memory_desc_destroy", md))
+        return md
+
+    def _pd(self, create: str, *args) -> _vp:
+        return self._create(create, "dnnl_primitive_desc_destroy", self.lib.engine, *args)
+
+    def _primitive(self, pd) -> _vp:
+        return self._create("dnnl_primitive_create", "dnnl_primitive_destroy", pd)
+
+    def memory(self, md, handle) -> _vp:
+        """A memory of `md` over `handle` (None: bound later)."""
+        return self._create(
+            "dnnl_memory_create", "dnnl_memory_destroy", md, self.lib.engine, handle
+        )
+
+    def inner_memory(self, kind: str, md) -> _vp:
+        """A oneDNN-allocated memory in layout `md` for arrays of `kind` ('x', 'y', 'w'): one
+        per layout, shared by the calls (each fills it before it reads it)."""
+        for known, memory in self._inner[kind]:
+            if self.lib.lib.dnnl_memory_desc_equal(known, md):
+                return memory
+        memory = self.memory(md, _ALLOCATE)
+        self._inner[kind].append((md, memory))
+        return memory
+
+    def reorder(self, src_md, dst_md) -> _vp:
+        """A reorder primitive from src_md's layout to dst_md's."""
+        pd = self._create(
+            "dnnl_reorder_primitive_desc_create",
+            "dnnl_primitive_desc_destroy",
+            *(src_md, self.lib.engine, dst_md, self.lib.engine, None),
+        )
+        return self._primitive(pd)
+
+
+def _destroy(lib, handles) -> None:
+    """Release oneDNN handles in reverse order of creation (primitives before their
+    descriptors, memories before the stream)."""
+    for destroy, handle in reversed(handles):
+        getattr(lib, destroy)(handle)
+    handles.clear()
+
+
+def convolution(spec: ConvSpec) -> Convolution2d | None:
+    """oneDNN primitives for `spec`, or None when the library is unavailable or has no
+    implementation for it (the caller keeps its own kernels)."""
+    lib = library()
+    if lib is None:
+        return None
+    try:
+        return Convolution2d(lib, spec)
+    except OneDNNError:
+        return None

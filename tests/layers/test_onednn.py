@@ -1,0 +1,131 @@
+"""Convolution through oneDNN (geeps_net/onednn.py) against the im2col path (engine: CAFFE)."""
+
+import platform
+import sys
+
+import numpy
+import pytest
+from numpy.testing import assert_allclose
+
+import geeps_net.layers.conv as conv_module
+from geeps_net import onednn
+from geeps_net.testing import LayerRig, make_layer
+
+# The wheel is a dependency on x86-64 Linux (pyproject.toml): there a missing library is a
+# broken install and fails here; elsewhere the im2col path is the only one.
+ONEDNN_PLATFORM = sys.platform == "linux" and platform.machine() == "x86_64"
+
+
+@pytest.fixture
+def lib():
+    if not ONEDNN_PLATFORM:
+        pytest.skip(f"no oneDNN wheel for {sys.platform}/{platform.machine()}")
+    assert onednn.library() is not None, "onednn-cpu-gomp is a dependency here: reinstall"
+    return onednn.library()
+
+
+def conv_text(options: str, engine: str = "", tops: int = 1) -> str:
+    names = "".join(f' bottom: "x{i}" top: "y{i}"' for i in range(tops))
+    return (
+        f'type: "Convolution" name: "conv"{names} convolution_param {{ {options} {engine}'
+        ' weight_filler { type: "gaussian" std: 0.1 }'
+        ' bias_filler { type: "uniform" min: -0.5 max: 0.5 } }'
+    )
+
+
+def run_layer(text: str, inputs, top_diffs, params=None):
+    """One forward and backward in float32: tops, bottom diffs, param diffs, and the layer."""
+    rig = LayerRig(numpy, make_layer(text), inputs, "float32", params=params)
+    tops = rig.forward()
+    bottom_diffs = rig.backward(top_diffs)
+    return tops, bottom_diffs, rig.param_diffs(), rig
+
+
+CASES = [
+    # (options, input shape): CIFAR-10 quick's conv2, stride 2 with a dropped last window,
+    # dilation, groups, a 1x1 and a rectangular kernel
+    ("num_output: 32 kernel_size: 5 pad: 2", (4, 32, 16, 16)),
+    ("num_output: 16 kernel_size: 3 stride: 2", (3, 5, 10, 10)),
+    ("num_output: 32 kernel_size: 3 pad: 2 dilation: 2", (2, 16, 9, 9)),
+    ("num_output: 32 kernel_size: 3 pad: 1 group: 2", (2, 8, 7, 7)),
+    ("num_output: 16 kernel_size: 1 bias_term: false", (2, 24, 5, 5)),
+    (
+        "num_output: 16 kernel_h: 3 kernel_w: 1 pad_h: 1 pad_w: 0 stride_h: 1 stride_w: 2",
+        (2, 3, 6, 8),
+    ),
+]
+
+
+@pytest.mark.parametrize("options,shape", CASES)
+def test_onednn_matches_im2col(lib, options, shape):
+    rng = numpy.random.default_rng(7)
+    x = rng.standard_normal(shape).astype(numpy.float32)
+    want_tops, _, _, ref = run_layer(conv_text(options, "engine: CAFFE"), [x], [None])
+    assert ref.layer._onednn(numpy, numpy.float32) is None
+    dy = rng.standard_normal(want_tops[0].shape).astype(numpy.float32)
+    params = [b.data.copy() for b in ref.layer.blobs]
+    want = run_layer(conv_text(options, "engine: CAFFE"), [x], [dy], params)
+    got = run_layer(conv_text(options), [x], [dy], params)
+    assert got[3].layer._onednn(numpy, numpy.float32) is not None
+    for name, g, w in zip(("top", "bottom diff", "param diff"), got[:3], want[:3]):
+        for a, b in zip(g, w, strict=True):
+            assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(numpy.abs(b).max()), err_msg=name)
+
+
+def test_onednn_diffs_accumulate_over_bottoms_and_calls(lib):
+    """Two bottoms share the weights; a second backward adds to the param diffs (Caffe's rule),
+    while bottom diffs are overwritten."""
+    rng = numpy.random.default_rng(3)
+    xs = [rng.standard_normal((2, 4, 6, 6)).astype(numpy.float32) for _ in range(2)]
+    options = "num_output: 16 kernel_size: 3 pad: 1"
+    tops, _, _, rig = run_layer(conv_text(options, tops=2), xs, [None, None])
+    dys = [rng.standard_normal(t.shape).astype(numpy.float32) for t in tops]
+    params = [b.data.copy() for b in rig.layer.blobs]
+    want = run_layer(conv_text(options, "engine: CAFFE", tops=2), xs, dys, params)
+    got = run_layer(conv_text(options, tops=2), xs, dys, params)
+    for a, b in zip(got[1] + got[2], want[1] + want[2], strict=True):
+        assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    layer = got[3]
+    layer.layer.backward(numpy, layer.tops, [True, True], layer.bottoms)
+    assert_allclose(layer.param_diffs()[0], 2 * got[2][0], rtol=1e-5, atol=1e-6)
+    assert_allclose(layer.bottoms[0].diff, got[1][0], rtol=1e-6)
+
+
+def test_onednn_is_chosen_only_where_it_wins(lib):
+    x = numpy.zeros((2, 3, 8, 8), numpy.float32)
+    narrow = LayerRig(numpy, make_layer(conv_text("num_output: 20 kernel_size: 3")), [x], "float32")
+    assert narrow.layer._onednn(numpy, numpy.float32) is None  # LeNet's 20 and 50 outputs
+    wide = LayerRig(numpy, make_layer(conv_text("num_output: 32 kernel_size: 3")), [x], "float32")
+    conv = wide.layer._onednn(numpy, numpy.float32)
+    assert conv is not None and conv.implementation()
+    assert wide.layer._onednn(numpy, numpy.float32) is conv  # made once per geometry
+    assert wide.layer._onednn(numpy, numpy.float64) is None
+    assert conv_module.ONEDNN_OUTPUT_BLOCK == 16
+
+
+def test_geeps_onednn_0_turns_it_off(lib, monkeypatch):
+    monkeypatch.setenv("GEEPS_ONEDNN", "0")
+    onednn.library.cache_clear()
+    try:
+        assert onednn.library() is None
+        spec = onednn.ConvSpec(1, 1, (4, 4), 16, (2, 2), (3, 3), (1, 1), (0, 0), (1, 1), 1, True)
+        assert onednn.convolution(spec) is None
+    finally:
+        monkeypatch.delenv("GEEPS_ONEDNN")
+        onednn.library.cache_clear()
+    assert onednn.library() is not None
+
+
+def test_pad_right_keeps_caffe_output_size():
+    # in 10, kernel 3, stride 2, no pad: Caffe's floor gives 4 outputs, the last input unread
+    spec = onednn.ConvSpec(1, 1, (10, 7), 1, (4, 7), (3, 3), (2, 1), (0, 1), (1, 1), 1, False)
+    assert spec.pad_right() == (-1, 1)
+
+
+def test_unsupported_geometry_falls_back(lib):
+    """A spec oneDNN rejects returns None: an output far smaller than the input gives (right
+    padding -4), 16 channels in 3 groups."""
+    spec = onednn.ConvSpec(1, 16, (8, 8), 16, (2, 2), (3, 3), (1, 1), (0, 0), (1, 1), 1, True)
+    assert onednn.convolution(spec) is None
+    assert onednn.convolution(spec._replace(out_size=(6, 6), group=3)) is None
+    assert onednn.convolution(spec._replace(out_size=(6, 6))) is not None
