@@ -3,8 +3,8 @@
 oneDNN (the library PyTorch's CPU convolutions run on) ships as the `onednn-cpu-gomp` wheel, a
 shared library with a C API and no Python binding; pip puts it in the environment's lib/. Its
 JIT convolutions work in blocked layouts (16 channels a vector) and reach the cores' FMA peak,
-where im2col and a GEMM top out at about half of it on the small channel counts of LeNet and
-CIFAR-10 (docs/benchmarks.md). Arrays stay NumPy arrays in Caffe's layouts (NCHW, OIHW): each
+where im2col and a GEMM top out at about half of it on CIFAR-10's 32 and 64 channels
+(docs/benchmarks.md). Arrays stay NumPy arrays in Caffe's layouts (NCHW, OIHW): each
 call reorders them into the layout the primitive chose and back, a memory-bound pass that costs
 about 1% of the convolution.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import site
 import sys
 import weakref
 from pathlib import Path
@@ -76,9 +77,10 @@ class ConvSpec(NamedTuple):
 
 
 def _library_paths() -> list[str]:
-    """Where pip's onednn-cpu-gomp wheel puts the library (the environment's lib/), then the
-    dynamic loader's own search."""
-    paths = [Path(sys.prefix) / "lib" / _SONAME, Path(sys.base_prefix) / "lib" / _SONAME]
+    """Where pip's onednn-cpu-gomp wheel puts the library (the lib/ of the environment, of the
+    base installation, of a `pip install --user`), then the dynamic loader's own search."""
+    prefixes = (sys.prefix, sys.base_prefix, site.USER_BASE or "")
+    paths = [Path(prefix) / "lib" / _SONAME for prefix in prefixes if prefix]
     return [str(p) for p in paths if p.exists()] + [_SONAME]
 
 
@@ -165,6 +167,7 @@ def library() -> _Library | None:
     return None
 
 
+@functools.cache
 def _omp_set_num_threads():
     """libgomp's omp_set_num_threads (oneDNN's threads: this wheel runs on GNU OpenMP)."""
     try:
