@@ -32,11 +32,6 @@ CHANNELS_LAST_MIN, CHANNELS_LAST_MAX = 8, 32
 # 0.56 -> 0.26 ms, its weight gradient 0.60 -> 0.19 ms; neutral at 75-175 (CIFAR-10's conv1),
 # slower at 2304 (AlexNet's conv3: 11.9 -> 13.1 ms), where P = 169 makes each GEMM small.
 PER_IMAGE_GEMM_MAX_DEPTH = 128
-# oneDNN (onednn.py) takes convolutions whose outputs per group fill its 16-lane blocks. Two
-# threads, forward / backward ms: CIFAR-10 quick's conv1 (32 outputs) 6.23 / 8.30 -> 3.35 / 3.99,
-# conv2 11.18 / 22.06 -> 5.86 / 11.84; LeNet's conv2 (50 outputs, padded to 64) 1.86 / 4.46 ->
-# 2.44 / 5.61, its conv1 (20) 0.69 / 0.70 -> 0.80 / 0.79: those stay on im2col.
-ONEDNN_OUTPUT_BLOCK = 16
 COL2IM_BUDGET_SCALE = 4  # backward chunks that end in col2im hold this many column budgets
 
 _HW_FIELDS = {"kernel_size": "kernel", "pad": "pad", "stride": "stride"}
@@ -183,15 +178,12 @@ class ConvolutionLayer(ChannelsLastColumns, BaseConvolutionLayer):
 
     def _onednn(self, xp, dtype):
         """oneDNN's primitives for this geometry (onednn.py), or None: then im2col and GEMMs.
-        oneDNN takes 2-D float32 convolutions on the CPU with outputs in whole blocks
-        (ONEDNN_OUTPUT_BLOCK), unless convolution_param's engine is CAFFE (Caffe's own choice
-        between its im2col kernel and cuDNN)."""
+        oneDNN takes 2-D float32 convolutions on the CPU unless convolution_param's engine is
+        CAFFE (Caffe's own choice between its im2col kernel and cuDNN)."""
         p = self.layer_param.convolution_param
         if xp is not numpy or dtype != numpy.float32 or self.num_spatial != 2:
             return None
         if p.engine == caffe_pb2.ConvolutionParameter.CAFFE:
-            return None
-        if (self.num_output // self.group) % ONEDNN_OUTPUT_BLOCK:
             return None
         g = self.geom
         spec = onednn.ConvSpec(

@@ -7,7 +7,6 @@ import numpy
 import pytest
 from numpy.testing import assert_allclose
 
-import geeps_net.layers.conv as conv_module
 from geeps_net import onednn
 from geeps_net.testing import LayerRig, make_layer
 
@@ -42,9 +41,12 @@ def run_layer(text: str, inputs, top_diffs, params=None):
 
 
 CASES = [
-    # (options, input shape): CIFAR-10 quick's conv2, stride 2 with a dropped last window,
-    # dilation, groups, a 1x1 and a rectangular kernel
+    # (options, input shape): CIFAR-10 quick's conv2 (blocked layout), LeNet's conv2 (20 -> 50:
+    # channels-last), stride 2 with a dropped last window, dilation, groups, a 1x1 and a
+    # rectangular kernel
     ("num_output: 32 kernel_size: 5 pad: 2", (4, 32, 16, 16)),
+    ("num_output: 50 kernel_size: 5", (3, 20, 12, 12)),
+    ("num_output: 6 kernel_size: 3 pad: 1 group: 2", (2, 4, 5, 5)),
     ("num_output: 16 kernel_size: 3 stride: 2", (3, 5, 10, 10)),
     ("num_output: 32 kernel_size: 3 pad: 2 dilation: 2", (2, 16, 9, 9)),
     ("num_output: 32 kernel_size: 3 pad: 1 group: 2", (2, 8, 7, 7)),
@@ -91,16 +93,13 @@ def test_onednn_diffs_accumulate_over_bottoms_and_calls(lib):
     assert_allclose(layer.bottoms[0].diff, got[1][0], rtol=1e-6)
 
 
-def test_onednn_is_chosen_only_where_it_wins(lib):
+def test_onednn_is_made_once_per_geometry_for_float32(lib):
     x = numpy.zeros((2, 3, 8, 8), numpy.float32)
-    narrow = LayerRig(numpy, make_layer(conv_text("num_output: 20 kernel_size: 3")), [x], "float32")
-    assert narrow.layer._onednn(numpy, numpy.float32) is None  # LeNet's 20 and 50 outputs
-    wide = LayerRig(numpy, make_layer(conv_text("num_output: 32 kernel_size: 3")), [x], "float32")
-    conv = wide.layer._onednn(numpy, numpy.float32)
+    rig = LayerRig(numpy, make_layer(conv_text("num_output: 20 kernel_size: 3")), [x], "float32")
+    conv = rig.layer._onednn(numpy, numpy.float32)
     assert conv is not None and conv.implementation()
-    assert wide.layer._onednn(numpy, numpy.float32) is conv  # made once per geometry
-    assert wide.layer._onednn(numpy, numpy.float64) is None
-    assert conv_module.ONEDNN_OUTPUT_BLOCK == 16
+    assert rig.layer._onednn(numpy, numpy.float32) is conv
+    assert rig.layer._onednn(numpy, numpy.float64) is None  # gradient checks: im2col
 
 
 def test_geeps_onednn_0_turns_it_off(lib, monkeypatch):
