@@ -206,7 +206,7 @@ class _Port:
 
     def bind(self, array: numpy.ndarray) -> None:
         """Point the plain memory at `array` (C-contiguous float32 of the plain shape)."""
-        self._set_handle(self.user, array.ctypes.data)
+        self._set_handle(self.user, _address(array))
 
 
 class Convolution2d:
@@ -328,7 +328,7 @@ class Convolution2d:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _bind(self, memory, array) -> _vp:
-        self.lib.lib.dnnl_memory_set_data_handle(memory, array.ctypes.data)
+        self.lib.lib.dnnl_memory_set_data_handle(memory, _address(array))
         return memory
 
     def _bound(self, port: _Port, array) -> _vp:
@@ -396,6 +396,14 @@ class Convolution2d:
             *(src_md, self.lib.engine, dst_md, self.lib.engine, None),
         )
         return self._primitive(pd)
+
+
+def _address(array: numpy.ndarray) -> int:
+    """The address oneDNN reads or writes `array` at; a strided view or another dtype would be
+    read as the plain layout it is not, so they are refused."""
+    if array.dtype != numpy.float32 or not array.flags.c_contiguous:
+        raise ValueError(f"oneDNN needs C-contiguous float32, got {array.dtype} {array.strides}")
+    return array.ctypes.data
 
 
 def _destroy(lib, handles) -> None:

@@ -1,5 +1,8 @@
 """Convolution, Deconvolution and Im2col: N-d, grouped, dilated; batched GEMMs over im2col columns.
 
+On the CPU, 2-D float32 Convolutions run on oneDNN instead (onednn.py) unless the layer asks for
+`engine: CAFFE`; the im2col path takes the rest (float64 gradient checks, N-d, CuPy).
+
 Shapes: bottom (*outer, C, *in) with the channel axis at `axis`; the outer axes are flattened into
 a batch of N images. Convolution weight (num_output, C/group, *kernel); Deconvolution weight
 (C, num_output/group, *kernel); bias (num_output). Each bottom i gives top i, with shared weights.

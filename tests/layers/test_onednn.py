@@ -128,3 +128,18 @@ def test_unsupported_geometry_falls_back(lib):
     assert onednn.convolution(spec) is None
     assert onednn.convolution(spec._replace(out_size=(6, 6), group=3)) is None
     assert onednn.convolution(spec._replace(out_size=(6, 6))) is not None
+
+
+def test_strided_or_float64_arrays_are_refused(lib):
+    """oneDNN reads and writes by address in the plain layout: a view would be misread."""
+    spec = onednn.ConvSpec(1, 16, (6, 6), 16, (4, 4), (3, 3), (1, 1), (0, 0), (1, 1), 1, False)
+    conv = onednn.convolution(spec)
+    x, w = numpy.ones((1, 16, 6, 6), numpy.float32), numpy.ones((16, 16, 3, 3), numpy.float32)
+    y = numpy.zeros((1, 16, 4, 8), numpy.float32)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        conv.forward(x, w, None, y[..., ::2], threads=1)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        conv.forward(x.astype(numpy.float64), w, None, y[..., :4].copy(), threads=1)
+    out = numpy.zeros((1, 16, 4, 4), numpy.float32)
+    conv.forward(x, w, None, out, threads=1)
+    assert_allclose(out, 16 * 9)
