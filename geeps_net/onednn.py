@@ -33,7 +33,7 @@ _Dims = ctypes.c_int64 * 12  # dnnl_dims_t: DNNL_MAX_NDIMS entries
 _CPU_ENGINE, _IN_ORDER_STREAM, _F32 = 1, 1, 3
 _TAG_ANY, _TAG_A, _TAG_ABCD, _TAG_ABCDE, _TAG_NHWC = 1, 2, 5, 6, 22
 _FORWARD_TRAINING, _CONV_DIRECT = 64, 1
-_QUERY_IMPL_INFO = 8
+_QUERY_IMPL_INFO, _Q_SCRATCHPAD = 8, 136
 _Q_SRC, _Q_DIFF_SRC, _Q_WEIGHTS, _Q_DIFF_WEIGHTS, _Q_DST, _Q_DIFF_DST = range(129, 135)
 _ARG_SRC, _ARG_DST, _ARG_WEIGHTS, _ARG_BIAS = 1, 17, 33, 41
 _ARG_DIFF_SRC, _ARG_DIFF_DST, _ARG_DIFF_WEIGHTS, _ARG_DIFF_BIAS = 129, 145, 161, 169
@@ -99,6 +99,8 @@ class _Library:
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = argtypes, ctypes.c_int
         lib.dnnl_primitive_desc_query_md.restype = _vp
+        lib.dnnl_memory_desc_get_size.argtypes = [_vp]
+        lib.dnnl_memory_desc_get_size.restype = ctypes.c_size_t
         lib.dnnl_memory_desc_equal.restype = ctypes.c_int
         self.engine = _vp()
         self.check(lib.dnnl_engine_create(ctypes.byref(self.engine), _CPU_ENGINE, 0), "engine")
@@ -261,7 +263,7 @@ class Convolution2d:
             "dnnl_convolution_backward_weights_primitive_desc_create",
             *(_CONV_DIRECT, x, w, bias, y, *geometry, fwd_pd, None),
         )
-        self.fwd_pd = fwd_pd
+        self.fwd_pd, self._pds = fwd_pd, (fwd_pd, data_pd, weights_pd)
         self.fwd, self.bwd_data, self.bwd_weights = (
             self._primitive(pd) for pd in (fwd_pd, data_pd, weights_pd)
         )
@@ -283,6 +285,14 @@ class Convolution2d:
         out = ctypes.c_char_p()
         self.lib.lib.dnnl_primitive_desc_query(self.fwd_pd, _QUERY_IMPL_INFO, 0, ctypes.byref(out))
         return (out.value or b"").decode()
+
+    def buffer_bytes(self) -> int:
+        """Host bytes oneDNN holds for this geometry between calls: the arrays in the layouts
+        its primitives work in (made once, not per call), and the largest scratchpad."""
+        size = self.lib.lib.dnnl_memory_desc_get_size
+        inner = sum(size(md) for kind in self._inner.values() for md, _ in kind)
+        query = self.lib.lib.dnnl_primitive_desc_query_md
+        return inner + max(size(_vp(query(pd, _Q_SCRATCHPAD, 0))) for pd in self._pds)
 
     def forward(self, x, w, b, y, threads: int) -> None:
         """y = conv(x, w) + b (b None without a bias term), on `threads` OpenMP threads."""

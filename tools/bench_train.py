@@ -265,9 +265,16 @@ def layers_geeps(name: str, args) -> list:
         w = args.warmup
         return [
             (layer.name, layer.type, 1e3 * statistics.median(fwd[i][w:]),
-             1e3 * statistics.median(bwd[i][w:]), scratch[i])
+             1e3 * statistics.median(bwd[i][w:]), scratch[i], held_bytes(layer))
             for i, layer in enumerate(net.layers)
         ]  # fmt: skip
+
+
+def held_bytes(layer) -> int:
+    """What oneDNN keeps for a convolution between calls (its layouts' copies, scratchpad):
+    made once, so scratch_bytes' per-iteration allocations do not see it."""
+    conv = getattr(layer, "onednn_conv", None)
+    return conv.buffer_bytes() if conv is not None else 0
 
 
 def scratch_bytes(net) -> list[int]:
@@ -377,9 +384,11 @@ def compare(name: str, args, torch_ok: bool) -> None:
 
 def compare_layers(name: str, args, torch_ok: bool) -> None:
     ours = child(args, "layers-geeps", name) or []
-    print(f"{name}: geeps-net per layer (median ms, forward / backward; peak scratch MiB)")
-    for layer, kind, f, b, scratch in ours:
-        print(f"  {layer:12s} {kind:16s} {f:8.2f} {b:8.2f} {scratch / 2**20:8.1f}")
+    print(f"{name}: geeps-net per layer (median ms, forward / backward; peak scratch MiB per"
+          " iteration; MiB oneDNN holds)")  # fmt: skip
+    for layer, kind, f, b, scratch, held in ours:
+        print(f"  {layer:12s} {kind:16s} {f:8.2f} {b:8.2f} {scratch / 2**20:8.1f} "
+              f"{held / 2**20:8.1f}")  # fmt: skip
     print(f"  {'total':29s} {sum(r[2] for r in ours):8.2f} {sum(r[3] for r in ours):8.2f}")
     if torch_ok:
         theirs = child(args, "layers-torch", name) or []

@@ -168,6 +168,10 @@ class ConvolutionLayer(ChannelsLastColumns, BaseConvolutionLayer):
     Output size per axis: (in + 2·pad − (dilation·(k − 1) + 1)) // stride + 1.
     """
 
+    # The oneDNN primitives the layer runs on (None: im2col), made by _onednn on first use.
+    onednn_conv: onednn.Convolution2d | None = None
+    _onednn_spec: onednn.ConvSpec | None = None
+
     def reshape(self, bottoms, tops):
         in_size = self._check_bottoms(bottoms)
         self.geom = self._geometry(in_size)
@@ -202,9 +206,9 @@ class ConvolutionLayer(ChannelsLastColumns, BaseConvolutionLayer):
             self.group,
             self.bias_term,
         )
-        if getattr(self, "_onednn_spec", None) != spec:  # made once per geometry
-            self._onednn_spec, self._onednn_conv = spec, onednn.convolution(spec)
-        return self._onednn_conv
+        if self._onednn_spec != spec:  # made once per geometry
+            self._onednn_spec, self.onednn_conv = spec, onednn.convolution(spec)
+        return self.onednn_conv
 
     def _transposed_geometry(self):
         """With stride 1 the data gradient is itself a convolution: dy padded by extent − 1 − pad,

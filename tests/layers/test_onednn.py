@@ -99,6 +99,9 @@ def test_onednn_is_made_once_per_geometry_for_float32(lib):
     conv = rig.layer._onednn(numpy, numpy.float32)
     assert conv is not None and conv.implementation()
     assert rig.layer._onednn(numpy, numpy.float32) is conv
+    assert rig.layer.onednn_conv is conv
+    # its copies of x (2, 3, 8, 8) and y (2, 20, 6, 6) in channels-last, at the least
+    assert conv.buffer_bytes() >= 4 * (2 * 3 * 8 * 8 + 2 * 20 * 6 * 6)
     assert rig.layer._onednn(numpy, numpy.float64) is None  # gradient checks: im2col
 
 
