@@ -1,4 +1,4 @@
-"""oneDNN's CPU convolutions through ctypes: what cuDNN is to the GPU path, for NumPy.
+"""oneDNN's CPU convolutions through ctypes: the CPU's counterpart of cuDNN, for NumPy arrays.
 
 oneDNN (the library PyTorch's CPU convolutions run on) ships as the `onednn-cpu-gomp` wheel, a
 shared library with a C API and no Python binding; pip puts it in the environment's lib/. Its

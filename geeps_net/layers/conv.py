@@ -186,7 +186,7 @@ class ConvolutionLayer(ChannelsLastColumns, BaseConvolutionLayer):
     def _onednn(self, xp, dtype):
         """oneDNN's primitives for this geometry (onednn.py), or None: then im2col and GEMMs.
         oneDNN takes 2-D float32 convolutions on the CPU unless convolution_param's engine is
-        CAFFE (Caffe's own choice between its im2col kernel and cuDNN)."""
+        CAFFE (in Caffe, the choice between its own im2col kernel and cuDNN)."""
         p = self.layer_param.convolution_param
         if xp is not numpy or dtype != numpy.float32 or self.num_spatial != 2:
             return None
