@@ -57,7 +57,11 @@ class OneDNNError(RuntimeError):
 
 class ConvSpec(NamedTuple):
     """One 2-D convolution: batch, channels, input and output sizes, kernel, stride, padding
-    (left per axis), dilation (Caffe's: 1 = none), groups, and whether it has a bias."""
+    (left per axis), dilation (Caffe's: 1 = none), groups, whether it has a bias, and the
+    OpenMP threads its primitives run on. oneDNN splits the work (and the weight gradient's
+    sums) for the threads there are when a primitive is made, so the count is part of what
+    makes one: made for one count and run on another, two identical runs could differ in the
+    last bits."""
 
     num: int
     channels: int
@@ -70,6 +74,7 @@ class ConvSpec(NamedTuple):
     dilation: tuple[int, int]
     group: int
     bias: bool
+    threads: int
 
     def pad_right(self) -> tuple[int, int]:
         """oneDNN's right padding: what makes its output size Caffe's (floor division may drop
@@ -225,48 +230,13 @@ class Convolution2d:
         self._finalizer = weakref.finalize(self, _destroy, lib.lib, self._handles)
         self._inner: dict[str, list[tuple[_vp, _vp]]] = {"x": [], "y": [], "w": []}
         self._set_threads = _omp_set_num_threads()
+        self._set_threads(spec.threads)  # before any primitive is made: see ConvSpec
         self.stream = self._create(
             "dnnl_stream_create", "dnnl_stream_destroy", lib.engine, _IN_ORDER_STREAM
         )
-        n, c, o, g = spec.num, spec.channels, spec.num_output, spec.group
-        if g == 1:
-            w_dims, w_tag = (o, c) + spec.kernel, _TAG_ABCD
-        else:
-            w_dims, w_tag = (g, o // g, c // g) + spec.kernel, _TAG_ABCDE
-        dims = {"x": (n, c) + spec.in_size, "y": (n, o) + spec.out_size, "w": w_dims}
-        self.plain = {
-            "x": self._md(dims["x"], _TAG_ABCD),
-            "y": self._md(dims["y"], _TAG_ABCD),
-            "w": self._md(w_dims, w_tag),
-            "b": self._md((o,), _TAG_A),
-        }
-        layout = _TAG_ANY if (o // g) % OUTPUT_BLOCK == 0 else _TAG_NHWC
-        any_ = {"x": self._md(dims["x"], layout), "y": self._md(dims["y"], layout)}
-        any_["w"] = self._md(w_dims, _TAG_ANY)
-        geometry = (
-            _Dims(*spec.stride),
-            _Dims(*(d - 1 for d in spec.dilation)),  # oneDNN counts the gaps: 0 = dense
-            _Dims(*spec.pad),
-            _Dims(*spec.pad_right()),
-        )
-        bias = self.plain["b"] if spec.bias else _vp(None)
-        x, w, y = any_["x"], any_["w"], any_["y"]
-        fwd_pd = self._pd(
-            "dnnl_convolution_forward_primitive_desc_create",
-            *(_FORWARD_TRAINING, _CONV_DIRECT, x, w, bias, y, *geometry, None),
-        )
-        data_pd = self._pd(
-            "dnnl_convolution_backward_data_primitive_desc_create",
-            *(_CONV_DIRECT, x, w, y, *geometry, fwd_pd, None),
-        )
-        weights_pd = self._pd(
-            "dnnl_convolution_backward_weights_primitive_desc_create",
-            *(_CONV_DIRECT, x, w, bias, y, *geometry, fwd_pd, None),
-        )
-        self.fwd_pd, self._pds = fwd_pd, (fwd_pd, data_pd, weights_pd)
-        self.fwd, self.bwd_data, self.bwd_weights = (
-            self._primitive(pd) for pd in (fwd_pd, data_pd, weights_pd)
-        )
+        wanted = self._descriptors()
+        fwd_pd, data_pd, weights_pd = self._pds = self._primitive_descs(*wanted)
+        self.fwd, self.bwd_data, self.bwd_weights = map(self._primitive, self._pds)
         self.ports = {
             "x": _Port(self, "x", fwd_pd, _Q_SRC, into=True),
             "w": _Port(self, "w", fwd_pd, _Q_WEIGHTS, into=True),
@@ -280,10 +250,55 @@ class Convolution2d:
         }
         self.bias = self.memory(self.plain["b"], _vp(None)) if spec.bias else None
 
+    def _descriptors(self):
+        """Sets self.plain, the memory descriptors of Caffe's layouts (x, y, w, b); returns
+        those the primitives are asked for: x, w, y in the layout oneDNN may choose
+        (activations channels-last when blocks would pad them, see OUTPUT_BLOCK)."""
+        s = self.spec
+        n, c, o, g = s.num, s.channels, s.num_output, s.group
+        if g == 1:
+            w_dims, w_tag = (o, c) + s.kernel, _TAG_ABCD
+        else:
+            w_dims, w_tag = (g, o // g, c // g) + s.kernel, _TAG_ABCDE
+        x_dims, y_dims = (n, c) + s.in_size, (n, o) + s.out_size
+        self.plain = {
+            "x": self._md(x_dims, _TAG_ABCD),
+            "y": self._md(y_dims, _TAG_ABCD),
+            "w": self._md(w_dims, w_tag),
+            "b": self._md((o,), _TAG_A),
+        }
+        layout = _TAG_ANY if (o // g) % OUTPUT_BLOCK == 0 else _TAG_NHWC
+        return self._md(x_dims, layout), self._md(w_dims, _TAG_ANY), self._md(y_dims, layout)
+
+    def _primitive_descs(self, x, w, y):
+        """The forward, data-gradient and weight-gradient primitive descriptors."""
+        s = self.spec
+        geometry = (
+            _Dims(*s.stride),
+            _Dims(*(d - 1 for d in s.dilation)),  # oneDNN counts the gaps: 0 = dense
+            _Dims(*s.pad),
+            _Dims(*s.pad_right()),
+        )
+        bias = self.plain["b"] if s.bias else _vp(None)
+        fwd = self._pd(
+            "dnnl_convolution_forward_primitive_desc_create",
+            *(_FORWARD_TRAINING, _CONV_DIRECT, x, w, bias, y, *geometry, None),
+        )
+        data = self._pd(
+            "dnnl_convolution_backward_data_primitive_desc_create",
+            *(_CONV_DIRECT, x, w, y, *geometry, fwd, None),
+        )
+        weights = self._pd(
+            "dnnl_convolution_backward_weights_primitive_desc_create",
+            *(_CONV_DIRECT, x, w, bias, y, *geometry, fwd, None),
+        )
+        return fwd, data, weights
+
     def implementation(self) -> str:
         """oneDNN's name for the forward's kernel (e.g. 'jit:avx512_core')."""
         out = ctypes.c_char_p()
-        self.lib.lib.dnnl_primitive_desc_query(self.fwd_pd, _QUERY_IMPL_INFO, 0, ctypes.byref(out))
+        query = self.lib.lib.dnnl_primitive_desc_query
+        query(self._pds[0], _QUERY_IMPL_INFO, 0, ctypes.byref(out))
         return (out.value or b"").decode()
 
     def buffer_bytes(self) -> int:
@@ -294,9 +309,9 @@ class Convolution2d:
         query = self.lib.lib.dnnl_primitive_desc_query_md
         return inner + max(size(_vp(query(pd, _Q_SCRATCHPAD, 0))) for pd in self._pds)
 
-    def forward(self, x, w, b, y, threads: int) -> None:
-        """y = conv(x, w) + b (b None without a bias term), on `threads` OpenMP threads."""
-        self._set_threads(threads)
+    def forward(self, x, w, b, y) -> None:
+        """y = conv(x, w) + b (b None without a bias term)."""
+        self._set_threads(self.spec.threads)
         p = self.ports
         args = [
             (_ARG_SRC, self._into(p["x"], x)),
@@ -308,10 +323,10 @@ class Convolution2d:
         self._execute(self.fwd, args)
         self._out(p["y"])
 
-    def backward(self, x, w, dy, dx, dw, db, threads: int) -> None:
+    def backward(self, x, w, dy, dx, dw, db) -> None:
         """The gradients of y = conv(x, w) + b for top diff dy: dw and db (None without a bias
         term), overwritten (the caller adds them to the blobs' diffs), and dx when not None."""
-        self._set_threads(threads)
+        self._set_threads(self.spec.threads)
         p = self.ports
         dy_inner = self._into(p["bw_dy"], dy)
         args = [

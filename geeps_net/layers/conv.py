@@ -205,8 +205,9 @@ class ConvolutionLayer(ChannelsLastColumns, BaseConvolutionLayer):
             g.dilation,
             self.group,
             self.bias_term,
+            chunk_threads(xp),
         )
-        if self._onednn_spec != spec:  # made once per geometry
+        if self._onednn_spec != spec:  # made once per geometry and thread count
             self._onednn_spec, self.onednn_conv = spec, onednn.convolution(spec)
         return self.onednn_conv
 
@@ -281,14 +282,12 @@ class ConvolutionLayer(ChannelsLastColumns, BaseConvolutionLayer):
             self._store_with_bias(xp, prod, y[n0:n1])
 
     def _forward_onednn(self, xp, conv, bottoms, tops) -> None:
-        g, threads = self.geom, chunk_threads(xp)
+        g = self.geom
         w = _contiguous(self.blobs[0].data)
         b = _contiguous(self.blobs[1].data) if self.bias_term else None
         for bottom, top in zip(bottoms, tops, strict=True):
             x = _contiguous(bottom.data).reshape((self.num, self.channels) + g.in_size)
-            conv.forward(
-                x, w, b, top.data.reshape((self.num, self.num_output) + g.out_size), threads
-            )
+            conv.forward(x, w, b, top.data.reshape((self.num, self.num_output) + g.out_size))
 
     def backward(self, xp, tops, propagate_down, bottoms):
         conv = self._onednn(xp, tops[0].diff.dtype)
@@ -311,7 +310,7 @@ class ConvolutionLayer(ChannelsLastColumns, BaseConvolutionLayer):
     def _backward_onednn(self, xp, conv, tops, propagate_down, bottoms) -> None:
         """oneDNN writes each bottom's weight gradients into scratch arrays; they are added to
         the blobs' diffs, which accumulate (iter_size, shared weights, several bottoms)."""
-        g, threads = self.geom, chunk_threads(xp)
+        g = self.geom
         w = _contiguous(self.blobs[0].data)
         dw = numpy.empty_like(w)
         db = numpy.empty(self.num_output, w.dtype) if self.bias_term else None
@@ -319,7 +318,7 @@ class ConvolutionLayer(ChannelsLastColumns, BaseConvolutionLayer):
             x = _contiguous(bottom.data).reshape((self.num, self.channels) + g.in_size)
             dy = _contiguous(top.diff).reshape((self.num, self.num_output) + g.out_size)
             dx = bottom.diff.reshape(x.shape) if down else None
-            conv.backward(x, w, dy, dx, dw, db, threads)
+            conv.backward(x, w, dy, dx, dw, db)
             self.blobs[0].diff += dw
             if self.bias_term:
                 self.blobs[1].diff += db

@@ -7,6 +7,7 @@ import numpy
 import pytest
 from numpy.testing import assert_allclose
 
+import geeps_net.layers.conv as conv_module
 from geeps_net import onednn
 from geeps_net.testing import LayerRig, make_layer
 
@@ -105,12 +106,35 @@ def test_onednn_is_made_once_per_geometry_for_float32(lib):
     assert rig.layer._onednn(numpy, numpy.float64) is None  # gradient checks: im2col
 
 
+def test_primitives_are_made_for_their_thread_count(lib, monkeypatch):
+    """oneDNN sizes a primitive's work split by the threads there are when it is made: a
+    primitive made after something left OpenMP at one thread must still be made for the count
+    it runs on (the bit-identical invariant failed when it was not)."""
+    # LeNet's conv1, where the PS test first caught it
+    x = numpy.random.default_rng(0).standard_normal((64, 1, 28, 28)).astype(numpy.float32)
+    dy = numpy.random.default_rng(1).standard_normal((64, 20, 24, 24)).astype(numpy.float32)
+    text = conv_text("num_output: 20 kernel_size: 5")
+    monkeypatch.setattr(conv_module, "chunk_threads", lambda xp: 2)  # CI runs BLAS on one
+
+    def weight_diff():
+        rig = LayerRig(numpy, make_layer(text), [x], "float32", seed=2)
+        rig.forward()
+        rig.backward([dy])
+        assert rig.layer.onednn_conv.spec.threads == 2
+        return rig.param_diffs()[0]
+
+    onednn._omp_set_num_threads()(2)
+    want = weight_diff()
+    onednn._omp_set_num_threads()(1)
+    numpy.testing.assert_array_equal(weight_diff(), want)
+
+
 def test_geeps_onednn_0_turns_it_off(lib, monkeypatch):
     monkeypatch.setenv("GEEPS_ONEDNN", "0")
     onednn.library.cache_clear()
     try:
         assert onednn.library() is None
-        spec = onednn.ConvSpec(1, 1, (4, 4), 16, (2, 2), (3, 3), (1, 1), (0, 0), (1, 1), 1, True)
+        spec = onednn.ConvSpec(1, 1, (4, 4), 16, (2, 2), (3, 3), (1, 1), (0, 0), (1, 1), 1, True, 1)
         assert onednn.convolution(spec) is None
     finally:
         monkeypatch.delenv("GEEPS_ONEDNN")
@@ -120,14 +144,14 @@ def test_geeps_onednn_0_turns_it_off(lib, monkeypatch):
 
 def test_pad_right_keeps_caffe_output_size():
     # in 10, kernel 3, stride 2, no pad: Caffe's floor gives 4 outputs, the last input unread
-    spec = onednn.ConvSpec(1, 1, (10, 7), 1, (4, 7), (3, 3), (2, 1), (0, 1), (1, 1), 1, False)
+    spec = onednn.ConvSpec(1, 1, (10, 7), 1, (4, 7), (3, 3), (2, 1), (0, 1), (1, 1), 1, False, 1)
     assert spec.pad_right() == (-1, 1)
 
 
 def test_unsupported_geometry_falls_back(lib):
     """A spec oneDNN rejects returns None: an output far smaller than the input gives (right
     padding -4), 16 channels in 3 groups."""
-    spec = onednn.ConvSpec(1, 16, (8, 8), 16, (2, 2), (3, 3), (1, 1), (0, 0), (1, 1), 1, True)
+    spec = onednn.ConvSpec(1, 16, (8, 8), 16, (2, 2), (3, 3), (1, 1), (0, 0), (1, 1), 1, True, 1)
     assert onednn.convolution(spec) is None
     assert onednn.convolution(spec._replace(out_size=(6, 6), group=3)) is None
     assert onednn.convolution(spec._replace(out_size=(6, 6))) is not None
@@ -135,14 +159,14 @@ def test_unsupported_geometry_falls_back(lib):
 
 def test_strided_or_float64_arrays_are_refused(lib):
     """oneDNN reads and writes by address in the plain layout: a view would be misread."""
-    spec = onednn.ConvSpec(1, 16, (6, 6), 16, (4, 4), (3, 3), (1, 1), (0, 0), (1, 1), 1, False)
+    spec = onednn.ConvSpec(1, 16, (6, 6), 16, (4, 4), (3, 3), (1, 1), (0, 0), (1, 1), 1, False, 1)
     conv = onednn.convolution(spec)
     x, w = numpy.ones((1, 16, 6, 6), numpy.float32), numpy.ones((16, 16, 3, 3), numpy.float32)
     y = numpy.zeros((1, 16, 4, 8), numpy.float32)
     with pytest.raises(ValueError, match="C-contiguous float32"):
-        conv.forward(x, w, None, y[..., ::2], threads=1)
+        conv.forward(x, w, None, y[..., ::2])
     with pytest.raises(ValueError, match="C-contiguous float32"):
-        conv.forward(x.astype(numpy.float64), w, None, y[..., :4].copy(), threads=1)
+        conv.forward(x.astype(numpy.float64), w, None, y[..., :4].copy())
     out = numpy.zeros((1, 16, 4, 4), numpy.float32)
-    conv.forward(x, w, None, out, threads=1)
+    conv.forward(x, w, None, out)
     assert_allclose(out, 16 * 9)
