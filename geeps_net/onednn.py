@@ -33,6 +33,7 @@ _Dims = ctypes.c_int64 * 12  # dnnl_dims_t: DNNL_MAX_NDIMS entries
 _CPU_ENGINE, _IN_ORDER_STREAM, _F32 = 1, 1, 3
 _TAG_ANY, _TAG_A, _TAG_ABCD, _TAG_ABCDE, _TAG_NHWC = 1, 2, 5, 6, 22
 _FORWARD_TRAINING, _CONV_DIRECT = 64, 1
+_POOL_AVG_INCLUDE_PADDING, _POOL_AVG_EXCLUDE_PADDING = 767, 1023
 _QUERY_IMPL_INFO, _Q_SCRATCHPAD = 8, 136
 _Q_SRC, _Q_DIFF_SRC, _Q_WEIGHTS, _Q_DIFF_WEIGHTS, _Q_DST, _Q_DIFF_DST = range(129, 135)
 _ARG_SRC, _ARG_DST, _ARG_WEIGHTS, _ARG_BIAS = 1, 17, 33, 41
@@ -83,6 +84,33 @@ class ConvSpec(NamedTuple):
             (o - 1) * s + d * (k - 1) + 1 - i - p
             for i, o, k, s, p, d in zip(
                 self.in_size, self.out_size, self.kernel, self.stride, self.pad, self.dilation
+            )
+        )
+
+
+class PoolSpec(NamedTuple):
+    """One 2-D average pooling: batch, channels, input and output sizes, kernel, stride, left
+    padding, whether a window's divisor counts the padding it covers, and the OpenMP threads
+    (see ConvSpec). Caffe's AVE divides by the window clipped to the padded input: that is
+    oneDNN's exclude-padding without padding, include-padding when no window reaches past the
+    padding; other cases stay with the caller's own kernel."""
+
+    num: int
+    channels: int
+    in_size: tuple[int, int]
+    out_size: tuple[int, int]
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    pad: tuple[int, int]
+    include_padding: bool
+    threads: int
+
+    def pad_right(self) -> tuple[int, int]:
+        """The right padding that gives this output size (ceil mode reaches past the input)."""
+        return tuple(
+            (o - 1) * s + k - i - p
+            for i, o, k, s, p in zip(
+                self.in_size, self.out_size, self.kernel, self.stride, self.pad
             )
         )
 
@@ -147,6 +175,14 @@ _SIGNATURES = {
     "dnnl_primitive_destroy": [_vp],
     "dnnl_primitive_execute": [_vp, _vp, ctypes.c_int, _vp],
     "dnnl_reorder_primitive_desc_create": [_vp, _vp, _vp, _vp, _vp, _vp],
+    "dnnl_pooling_forward_primitive_desc_create": [_vp, _vp, ctypes.c_int, ctypes.c_int]
+    + [_vp] * 2
+    + [_Dims] * 5
+    + [_vp],
+    "dnnl_pooling_backward_primitive_desc_create": [_vp, _vp, ctypes.c_int]
+    + [_vp] * 2
+    + [_Dims] * 5
+    + [_vp, _vp],
     "dnnl_convolution_forward_primitive_desc_create": [_vp, _vp, ctypes.c_int, ctypes.c_int]
     + [_vp] * 4
     + [_Dims] * 4
@@ -197,7 +233,7 @@ class _Port:
     the other ports of the same array kind and layout) and the reorder between them (`into`
     True: plain -> chosen, before the primitive runs; False: chosen -> plain, after)."""
 
-    def __init__(self, owner: Convolution2d, kind: str, pd, query: int, into: bool) -> None:
+    def __init__(self, owner: _Primitives, kind: str, pd, query: int, into: bool) -> None:
         lib, plain = owner.lib.lib, owner.plain[kind]
         chosen = _vp(lib.dnnl_primitive_desc_query_md(pd, query, 0))
         self._set_handle = lib.dnnl_memory_set_data_handle
@@ -216,7 +252,93 @@ class _Port:
         self._set_handle(self.user, _address(array))
 
 
-class Convolution2d:
+class _Primitives:
+    """What every oneDNN wrapper here holds: the library, a stream, the handles to release when
+    it goes, and the OpenMP thread count its primitives are made for (see ConvSpec)."""
+
+    def __init__(self, lib: _Library, threads: int) -> None:
+        self.lib, self.threads = lib, threads
+        self._handles: list[tuple[str, _vp]] = []
+        self._finalizer = weakref.finalize(self, _destroy, lib.lib, self._handles)
+        self._inner: dict[str, list[tuple[_vp, _vp]]] = {"x": [], "y": [], "w": []}
+        self._set_threads = _omp_set_num_threads()
+        self._set_threads(threads)  # before any primitive is made: see ConvSpec
+        self.stream = self._create(
+            "dnnl_stream_create", "dnnl_stream_destroy", lib.engine, _IN_ORDER_STREAM
+        )
+
+    def _bind(self, memory, array) -> _vp:
+        self.lib.lib.dnnl_memory_set_data_handle(memory, _address(array))
+        return memory
+
+    def _bound(self, port: _Port, array) -> _vp:
+        """The memory the primitive writes for `port`, with the plain one bound to `array`."""
+        port.bind(array)
+        return port.inner
+
+    def _into(self, port: _Port, array) -> _vp:
+        """The memory the primitive reads for `port`: `array`, reordered when it must be."""
+        port.bind(array)
+        if port.reorder is not None:
+            self._execute(port.reorder, port.args)
+        return port.inner
+
+    def _out(self, port: _Port) -> None:
+        if port.reorder is not None:
+            self._execute(port.reorder, port.args)
+
+    def _execute(self, primitive, args) -> None:
+        packed = (_ExecArg * len(args))(*(_ExecArg(k, m) for k, m in args))
+        lib = self.lib.lib
+        self.lib.check(
+            lib.dnnl_primitive_execute(primitive, self.stream, len(args), packed), "execute"
+        )
+        self.lib.check(lib.dnnl_stream_wait(self.stream), "stream wait")
+
+    def _create(self, create: str, destroy: str, *args) -> _vp:
+        handle = _vp()
+        self.lib.check(getattr(self.lib.lib, create)(ctypes.byref(handle), *args), create)
+        self._handles.append((destroy, handle))
+        return handle
+
+    def _md(self, dims, tag: int) -> _vp:
+        md = self.lib.memory_desc(dims, tag)
+        self._handles.append(("dnnl_memory_desc_destroy", md))
+        return md
+
+    def _pd(self, create: str, *args) -> _vp:
+        return self._create(create, "dnnl_primitive_desc_destroy", self.lib.engine, *args)
+
+    def _primitive(self, pd) -> _vp:
+        return self._create("dnnl_primitive_create", "dnnl_primitive_destroy", pd)
+
+    def memory(self, md, handle) -> _vp:
+        """A memory of `md` over `handle` (None: bound later)."""
+        return self._create(
+            "dnnl_memory_create", "dnnl_memory_destroy", md, self.lib.engine, handle
+        )
+
+    def inner_memory(self, kind: str, md) -> _vp:
+        """A oneDNN-allocated memory in layout `md` for arrays of `kind` ('x', 'y', 'w'): one
+        per layout, shared by the calls (each fills it before it reads it)."""
+        for known, memory in self._inner[kind]:
+            if self.lib.lib.dnnl_memory_desc_equal(known, md):
+                return memory
+        memory = self.memory(md, _ALLOCATE)
+        self._inner[kind].append((md, memory))
+        return memory
+
+    def reorder(self, src_md, dst_md) -> _vp:
+        """A reorder primitive from src_md's layout to dst_md's."""
+        pd = self._create(
+            "dnnl_reorder_primitive_desc_create",
+            "dnnl_primitive_desc_destroy",
+            *(src_md, self.lib.engine, dst_md, self.lib.engine, None),
+        )
+        return self._primitive(pd)
+
+
+class Convolution2d(_Primitives):
     """The oneDNN primitives of one convolution geometry (ConvSpec): forward, data gradient and
     weight gradients. Arrays in Caffe's layouts: x (N, C, H, W), weights (O, C/group, kh, kw),
     bias (O,), y (N, O, out_h, out_w), all C-contiguous float32.
@@ -225,15 +347,8 @@ class Convolution2d:
     owns its own."""
 
     def __init__(self, lib: _Library, spec: ConvSpec) -> None:
-        self.lib, self.spec = lib, spec
-        self._handles: list[tuple[str, _vp]] = []
-        self._finalizer = weakref.finalize(self, _destroy, lib.lib, self._handles)
-        self._inner: dict[str, list[tuple[_vp, _vp]]] = {"x": [], "y": [], "w": []}
-        self._set_threads = _omp_set_num_threads()
-        self._set_threads(spec.threads)  # before any primitive is made: see ConvSpec
-        self.stream = self._create(
-            "dnnl_stream_create", "dnnl_stream_destroy", lib.engine, _IN_ORDER_STREAM
-        )
+        super().__init__(lib, spec.threads)
+        self.spec = spec
         wanted = self._descriptors()
         fwd_pd, data_pd, weights_pd = self._pds = self._primitive_descs(*wanted)
         self.fwd, self.bwd_data, self.bwd_weights = map(self._primitive, self._pds)
@@ -350,77 +465,47 @@ class Convolution2d:
         self._execute(self.bwd_data, args)
         self._out(p["bd_dx"])
 
-    # -- plumbing ---------------------------------------------------------------------------
 
-    def _bind(self, memory, array) -> _vp:
-        self.lib.lib.dnnl_memory_set_data_handle(memory, _address(array))
-        return memory
+class AvgPooling2d(_Primitives):
+    """oneDNN's average pooling forward and backward for one PoolSpec, on Caffe's NCHW arrays
+    in place (no reorders: its plain-layout kernels measured 0.29 ms against 1.13 for NumPy's on
+    CIFAR-10 quick's pool2)."""
 
-    def _bound(self, port: _Port, array) -> _vp:
-        """The memory the primitive writes for `port`, with the plain one bound to `array`."""
-        port.bind(array)
-        return port.inner
-
-    def _into(self, port: _Port, array) -> _vp:
-        """The memory the primitive reads for `port`: `array`, reordered when it must be."""
-        port.bind(array)
-        if port.reorder is not None:
-            self._execute(port.reorder, port.args)
-        return port.inner
-
-    def _out(self, port: _Port) -> None:
-        if port.reorder is not None:
-            self._execute(port.reorder, port.args)
-
-    def _execute(self, primitive, args) -> None:
-        packed = (_ExecArg * len(args))(*(_ExecArg(k, m) for k, m in args))
-        lib = self.lib.lib
-        self.lib.check(
-            lib.dnnl_primitive_execute(primitive, self.stream, len(args), packed), "execute"
+    def __init__(self, lib: _Library, spec: PoolSpec) -> None:
+        super().__init__(lib, spec.threads)
+        self.spec = spec
+        x = self._md((spec.num, spec.channels) + spec.in_size, _TAG_ABCD)
+        y = self._md((spec.num, spec.channels) + spec.out_size, _TAG_ABCD)
+        alg = _POOL_AVG_INCLUDE_PADDING if spec.include_padding else _POOL_AVG_EXCLUDE_PADDING
+        geometry = (
+            _Dims(*spec.stride),
+            _Dims(*spec.kernel),
+            _Dims(0, 0),
+            _Dims(*spec.pad),
+            _Dims(*spec.pad_right()),
         )
-        self.lib.check(lib.dnnl_stream_wait(self.stream), "stream wait")
+        fwd_pd = self._pd(
+            "dnnl_pooling_forward_primitive_desc_create",
+            *(_FORWARD_TRAINING, alg, x, y, *geometry, None),
+        )
+        bwd_pd = self._pd(
+            "dnnl_pooling_backward_primitive_desc_create", *(alg, x, y, *geometry, fwd_pd, None)
+        )
+        self.fwd, self.bwd = self._primitive(fwd_pd), self._primitive(bwd_pd)
+        self.x, self.y = self.memory(x, _vp(None)), self.memory(y, _vp(None))
 
-    def _create(self, create: str, destroy: str, *args) -> _vp:
-        handle = _vp()
-        self.lib.check(getattr(self.lib.lib, create)(ctypes.byref(handle), *args), create)
-        self._handles.append((destroy, handle))
-        return handle
-
-    def _md(self, dims, tag: int) -> _vp:
-        md = self.lib.memory_desc(dims, tag)
-        self._handles.append(("dnnl_memory_desc_destroy", md))
-        return md
-
-    def _pd(self, create: str, *args) -> _vp:
-        return self._create(create, "dnnl_primitive_desc_destroy", self.lib.engine, *args)
-
-    def _primitive(self, pd) -> _vp:
-        return self._create("dnnl_primitive_create", "dnnl_primitive_destroy", pd)
-
-    def memory(self, md, handle) -> _vp:
-        """A memory of `md` over `handle` (None: bound later)."""
-        return self._create(
-            "dnnl_memory_create", "dnnl_memory_destroy", md, self.lib.engine, handle
+    def forward(self, x, y) -> None:
+        """y = the window averages of x."""
+        self._set_threads(self.threads)
+        self._execute(
+            self.fwd, [(_ARG_SRC, self._bind(self.x, x)), (_ARG_DST, self._bind(self.y, y))]
         )
 
-    def inner_memory(self, kind: str, md) -> _vp:
-        """A oneDNN-allocated memory in layout `md` for arrays of `kind` ('x', 'y', 'w'): one
-        per layout, shared by the calls (each fills it before it reads it)."""
-        for known, memory in self._inner[kind]:
-            if self.lib.lib.dnnl_memory_desc_equal(known, md):
-                return memory
-        memory = self.memory(md, _ALLOCATE)
-        self._inner[kind].append((md, memory))
-        return memory
-
-    def reorder(self, src_md, dst_md) -> _vp:
-        """A reorder primitive from src_md's layout to dst_md's."""
-        pd = self._create(
-            "dnnl_reorder_primitive_desc_create",
-            "dnnl_primitive_desc_destroy",
-            *(src_md, self.lib.engine, dst_md, self.lib.engine, None),
-        )
-        return self._primitive(pd)
+    def backward(self, dy, dx) -> None:
+        """dx = each window's dy shared out over the window (dx overwritten)."""
+        self._set_threads(self.threads)
+        args = [(_ARG_DIFF_DST, self._bind(self.y, dy)), (_ARG_DIFF_SRC, self._bind(self.x, dx))]
+        self._execute(self.bwd, args)
 
 
 def _address(array: numpy.ndarray) -> int:
@@ -442,10 +527,19 @@ def _destroy(lib, handles) -> None:
 def convolution(spec: ConvSpec) -> Convolution2d | None:
     """oneDNN primitives for `spec`, or None when the library is unavailable or has no
     implementation for it (the caller keeps its own kernels)."""
+    return _make(Convolution2d, spec)
+
+
+def avg_pooling(spec: PoolSpec) -> AvgPooling2d | None:
+    """oneDNN's average pooling for `spec`, or None (as convolution())."""
+    return _make(AvgPooling2d, spec)
+
+
+def _make(kind, spec):
     lib = library()
     if lib is None:
         return None
     try:
-        return Convolution2d(lib, spec)
+        return kind(lib, spec)
     except OneDNNError:
         return None

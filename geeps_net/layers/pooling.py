@@ -1,9 +1,14 @@
-"""The Pooling (MAX, AVE) and SPP layers, on the kernels of pool_kernels.py."""
+"""The Pooling (MAX, AVE) and SPP layers, on the kernels of pool_kernels.py; on the CPU, float32
+AVE pooling whose divisor oneDNN can give runs on oneDNN (onednn.py)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy
+
+from geeps_net import onednn
+from geeps_net.backend import chunk_threads
 from geeps_net.layer import Layer, enum_name, register
 from geeps_net.layers.pool_kernels import (
     ave_pool_backward,
@@ -40,6 +45,9 @@ class PoolingLayer(Layer):
 
     num_tops = (1, 2)
     backward_reads = frozenset({"top_diff"})  # MAX also reads its internal "mask"
+    # oneDNN's average pooling (None: pool_kernels.py's), made by _onednn_ave on first use.
+    onednn_pool: onednn.AvgPooling2d | None = None
+    _onednn_spec: onednn.PoolSpec | None = None
 
     def setup(self, bottoms, tops):
         p = self.layer_param.pooling_param
@@ -82,16 +90,42 @@ class PoolingLayer(Layer):
         if self.pad[0] >= kernel[0] or self.pad[1] >= kernel[1]:
             raise self.error(f"pad {self.pad} must be smaller than the kernel {kernel}")
         self.geom = pool_geometry(shape[2:], kernel, self.pad, self.stride, self.ceil_mode)
+        self.bottom_shape = shape
         top_shape = shape[:2] + self.geom.out_size
         for top in tops:
             top.reshape(top_shape)
         if self.method == "MAX":
             self.add_internal("mask", top_shape, mask_dtype(self.geom))
 
+    def _onednn_ave(self, xp, dtype):
+        """oneDNN's average pooling for this geometry, or None. Caffe divides by the window
+        clipped to the padded input: oneDNN's exclude-padding when there is no padding, its
+        include-padding when no window reaches past the padding (else None, as for MAX, float64,
+        CuPy and `engine: CAFFE`)."""
+        p = self.layer_param.pooling_param
+        if self.method != "AVE" or xp is not numpy or dtype != numpy.float32:
+            return None
+        if p.engine == caffe_pb2.PoolingParameter.CAFFE:
+            return None
+        g, shape = self.geom, self.bottom_shape
+        spec = onednn.PoolSpec(
+            *(shape[0], shape[1], g.in_size, g.out_size, g.kernel, g.stride, g.pad),
+            *(any(g.pad), chunk_threads(xp)),
+        )
+        if any(g.pad) and any(r > q for r, q in zip(spec.pad_right(), g.pad, strict=True)):
+            return None
+        if self._onednn_spec != spec:  # made once per geometry and thread count
+            self._onednn_spec, self.onednn_pool = spec, onednn.avg_pooling(spec)
+        return self.onednn_pool
+
     def forward(self, xp, bottoms, tops):
         x, y = bottoms[0].data, tops[0].data
         if self.method == "AVE":
-            ave_pool_forward(xp, x, self.geom, y)
+            pool = self._onednn_ave(xp, x.dtype)
+            if pool is not None and x.flags.c_contiguous and y.flags.c_contiguous:
+                pool.forward(x, y)
+            else:
+                ave_pool_forward(xp, x, self.geom, y)
             return
         if self.propagate_down is not None and not any(self.propagate_down) and len(tops) == 1:
             max_pool_values(xp, x, self.geom, y)  # no backward will read the mask (a test net)
@@ -106,7 +140,11 @@ class PoolingLayer(Layer):
             return
         dy, dx = tops[0].diff, bottoms[0].diff
         if self.method == "AVE":
-            ave_pool_backward(xp, dy, self.geom, dx)
+            pool = self._onednn_ave(xp, dy.dtype)
+            if pool is not None and dy.flags.c_contiguous and dx.flags.c_contiguous:
+                pool.backward(dy, dx)
+            else:
+                ave_pool_backward(xp, dy, self.geom, dx)
         else:
             max_pool_backward(xp, dy, self.internals["mask"].data, self.geom, dx)
 

@@ -170,3 +170,36 @@ def test_strided_or_float64_arrays_are_refused(lib):
     out = numpy.zeros((1, 16, 4, 4), numpy.float32)
     conv.forward(x, w, None, out)
     assert_allclose(out, 16 * 9)
+
+
+POOL_CASES = [
+    # (pooling_param, input shape, oneDNN takes it): CIFAR-10 quick's pool2 (ceil mode reaches
+    # past the input: Caffe's divisor counts only what is inside), padding no window reaches
+    # past (divisor: the whole window), padding one reaches past (Caffe's own divisor), floor
+    # mode, global pooling
+    ("kernel_size: 3 stride: 2", (4, 32, 16, 16), True),
+    ("kernel_size: 3 stride: 1 pad: 1", (2, 5, 7, 7), True),
+    ("kernel_size: 3 stride: 2 pad: 1", (2, 5, 8, 8), False),
+    ("kernel_size: 3 stride: 2 round_mode: FLOOR", (2, 3, 8, 9), True),
+    ("global_pooling: true", (3, 4, 5, 6), True),
+]
+
+
+@pytest.mark.parametrize("options,shape,taken", POOL_CASES)
+def test_onednn_ave_pooling_matches_caffe_kernel(lib, options, shape, taken):
+    rng = numpy.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(numpy.float32)
+
+    def run(engine: str):
+        text = f'type: "Pooling" pooling_param {{ pool: AVE {options} {engine} }}'
+        rig = LayerRig(numpy, make_layer(text), [x], "float32")
+        y = rig.forward()[0]
+        dy = numpy.random.default_rng(6).standard_normal(y.shape).astype(numpy.float32)
+        return y, rig.backward([dy])[0], rig.layer
+
+    want_y, want_dx, ref = run("engine: CAFFE")
+    got_y, got_dx, layer = run("")
+    assert ref.onednn_pool is None
+    assert (layer.onednn_pool is not None) == taken
+    assert_allclose(got_y, want_y, rtol=1e-5, atol=1e-6)
+    assert_allclose(got_dx, want_dx, rtol=1e-5, atol=1e-6)
