@@ -80,12 +80,17 @@ class ConvSpec(NamedTuple):
     def pad_right(self) -> tuple[int, int]:
         """oneDNN's right padding: what makes its output size Caffe's (floor division may drop
         the last window, so this can be below the left padding)."""
-        return tuple(
-            (o - 1) * s + d * (k - 1) + 1 - i - p
-            for i, o, k, s, p, d in zip(
-                self.in_size, self.out_size, self.kernel, self.stride, self.pad, self.dilation
-            )
-        )
+        return _pad_right(self.in_size, self.out_size, self.kernel, self.stride, self.pad,
+                          self.dilation)  # fmt: skip
+
+
+def _pad_right(in_size, out_size, kernel, stride, pad, dilation) -> tuple[int, int]:
+    """Per axis, the padding after the input that makes a window of `kernel` (dilated) at
+    every `stride` from -pad give `out_size` windows."""
+    return tuple(
+        (o - 1) * s + d * (k - 1) + 1 - i - p
+        for i, o, k, s, p, d in zip(in_size, out_size, kernel, stride, pad, dilation)
+    )
 
 
 class PoolSpec(NamedTuple):
@@ -107,12 +112,7 @@ class PoolSpec(NamedTuple):
 
     def pad_right(self) -> tuple[int, int]:
         """The right padding that gives this output size (ceil mode reaches past the input)."""
-        return tuple(
-            (o - 1) * s + k - i - p
-            for i, o, k, s, p in zip(
-                self.in_size, self.out_size, self.kernel, self.stride, self.pad
-            )
-        )
+        return _pad_right(self.in_size, self.out_size, self.kernel, self.stride, self.pad, (1, 1))
 
 
 def _library_paths() -> list[str]:
