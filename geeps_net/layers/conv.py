@@ -1,7 +1,7 @@
 """Convolution, Deconvolution and Im2col: N-d, grouped, dilated; batched GEMMs over im2col columns.
 
-On the CPU, 2-D float32 Convolutions run on oneDNN instead (onednn.py) unless the layer asks for
-`engine: CAFFE`; the im2col path takes the rest (float64 gradient checks, N-d, CuPy).
+On the CPU, 2-D float32 Convolutions run on oneDNN instead (conv_onednn.py) unless the layer asks
+for `engine: CAFFE`; the im2col path takes the rest (float64 gradient checks, N-d, CuPy).
 
 Shapes: bottom (*outer, C, *in) with the channel axis at `axis`; the outer axes are flattened into
 a batch of N images. Convolution weight (num_output, C/group, *kernel); Deconvolution weight
@@ -13,15 +13,12 @@ from __future__ import annotations
 import functools
 import math
 
-import numpy
-
-from geeps_net import onednn
-from geeps_net.backend import chunk_threads, split_work
+from geeps_net.backend import split_work
 from geeps_net.layer import Layer, register
 from geeps_net.layers import im2col as im2col_module
 from geeps_net.layers.conv_cl import ChannelsLastColumns
+from geeps_net.layers.conv_onednn import OneDNNConvolution
 from geeps_net.layers.im2col import batch_chunks, col2im, conv_geometry, im2col, window_view
-from geeps_net.proto import caffe_pb2
 
 # Convolutions with MIN..MAX input channels per group use channels-last columns (conv_cl.py):
 # their copies move runs of kernel_w·C (or C/group) elements instead of out_w. Measured faster at
@@ -162,15 +159,11 @@ class BaseConvolutionLayer(_ConvGeometryLayer):
 
 
 @register("Convolution")
-class ConvolutionLayer(ChannelsLastColumns, BaseConvolutionLayer):
+class ConvolutionLayer(OneDNNConvolution, ChannelsLastColumns, BaseConvolutionLayer):
     """top = W ⋆ bottom + b per group: one GEMM (num_output × C·K/group) × (C·K/group × N·P).
 
     Output size per axis: (in + 2·pad − (dilation·(k − 1) + 1)) // stride + 1.
     """
-
-    # The oneDNN primitives the layer runs on (None: im2col), made by _onednn on first use.
-    onednn_conv: onednn.Convolution2d | None = None
-    _onednn_spec: onednn.ConvSpec | None = None
 
     def reshape(self, bottoms, tops):
         in_size = self._check_bottoms(bottoms)
@@ -182,34 +175,6 @@ class ConvolutionLayer(ChannelsLastColumns, BaseConvolutionLayer):
         shape = bottoms[0].shape[: self.axis] + (self.num_output,) + self.geom.out_size
         for top in tops:
             top.reshape(shape)
-
-    def _onednn(self, xp, dtype):
-        """oneDNN's primitives for this geometry (onednn.py), or None: then im2col and GEMMs.
-        oneDNN takes 2-D float32 convolutions on the CPU unless convolution_param's engine is
-        CAFFE (in Caffe, the choice between its own im2col kernel and cuDNN)."""
-        p = self.layer_param.convolution_param
-        if xp is not numpy or dtype != numpy.float32 or self.num_spatial != 2:
-            return None
-        if p.engine == caffe_pb2.ConvolutionParameter.CAFFE:
-            return None
-        g = self.geom
-        spec = onednn.ConvSpec(
-            self.num,
-            self.channels,
-            g.in_size,
-            self.num_output,
-            g.out_size,
-            g.kernel,
-            g.stride,
-            g.pad,
-            g.dilation,
-            self.group,
-            self.bias_term,
-            chunk_threads(xp),
-        )
-        if self._onednn_spec != spec:  # made once per geometry and thread count
-            self._onednn_spec, self.onednn_conv = spec, onednn.convolution(spec)
-        return self.onednn_conv
 
     def _transposed_geometry(self):
         """With stride 1 the data gradient is itself a convolution: dy padded by extent − 1 − pad,
@@ -256,7 +221,7 @@ class ConvolutionLayer(ChannelsLastColumns, BaseConvolutionLayer):
     def forward(self, xp, bottoms, tops):
         conv = self._onednn(xp, bottoms[0].data.dtype)
         if conv is not None:
-            self._forward_onednn(xp, conv, bottoms, tops)
+            self._forward_onednn(conv, bottoms, tops)
             return
         if self.channels_last:
             self._forward_cl(xp, bottoms, tops)
@@ -281,18 +246,10 @@ class ConvolutionLayer(ChannelsLastColumns, BaseConvolutionLayer):
             prod = prod.reshape(self.num_output, n1 - n0, out_count).swapaxes(0, 1)
             self._store_with_bias(xp, prod, y[n0:n1])
 
-    def _forward_onednn(self, xp, conv, bottoms, tops) -> None:
-        g = self.geom
-        w = _contiguous(self.blobs[0].data)
-        b = _contiguous(self.blobs[1].data) if self.bias_term else None
-        for bottom, top in zip(bottoms, tops, strict=True):
-            x = _contiguous(bottom.data).reshape((self.num, self.channels) + g.in_size)
-            conv.forward(x, w, b, top.data.reshape((self.num, self.num_output) + g.out_size))
-
     def backward(self, xp, tops, propagate_down, bottoms):
         conv = self._onednn(xp, tops[0].diff.dtype)
         if conv is not None:
-            self._backward_onednn(xp, conv, tops, propagate_down, bottoms)
+            self._backward_onednn(conv, tops, propagate_down, bottoms)
             return
         if self.channels_last:
             self._backward_cl(xp, tops, propagate_down, bottoms)
@@ -306,22 +263,6 @@ class ConvolutionLayer(ChannelsLastColumns, BaseConvolutionLayer):
             work = functools.partial(self._backward_chunks, xp, x, dy, dx)
             for part in split_work(xp, work, self._chunks(xp, data_diff=down)):
                 w_diff += part
-
-    def _backward_onednn(self, xp, conv, tops, propagate_down, bottoms) -> None:
-        """oneDNN writes each bottom's weight gradients into scratch arrays; they are added to
-        the blobs' diffs, which accumulate (iter_size, shared weights, several bottoms)."""
-        g = self.geom
-        w = _contiguous(self.blobs[0].data)
-        dw = numpy.empty_like(w)
-        db = numpy.empty(self.num_output, w.dtype) if self.bias_term else None
-        for top, down, bottom in zip(tops, propagate_down, bottoms, strict=True):
-            x = _contiguous(bottom.data).reshape((self.num, self.channels) + g.in_size)
-            dy = _contiguous(top.diff).reshape((self.num, self.num_output) + g.out_size)
-            dx = bottom.diff.reshape(x.shape) if down else None
-            conv.backward(x, w, dy, dx, dw, db)
-            self.blobs[0].diff += dw
-            if self.bias_term:
-                self.blobs[1].diff += db
 
     def _backward_chunks(self, xp, x, dy, dx, chunks):
         """The weight gradient over these chunks of images (returned); dx[n0:n1] when dx is not
@@ -367,12 +308,6 @@ class ConvolutionLayer(ChannelsLastColumns, BaseConvolutionLayer):
                 )
             dcol = xp.matmul(w_data, dy_t)  # (group, C·K/group, n·P)
             col2im(xp, dcol.reshape((self.channels,) + g.kernel + (n,) + g.out_size), g, dx)
-
-
-def _contiguous(a):
-    """`a` itself when C-contiguous (blobs are), else a contiguous copy: oneDNN reads and
-    writes plain layouts by address."""
-    return a if a.flags.c_contiguous else numpy.ascontiguousarray(a)
 
 
 @register("Deconvolution")

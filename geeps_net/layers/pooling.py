@@ -1,5 +1,5 @@
 """The Pooling (MAX, AVE) and SPP layers, on the kernels of pool_kernels.py; on the CPU, float32
-AVE pooling whose divisor oneDNN can give runs on oneDNN (onednn.py)."""
+AVE pooling whose divisor oneDNN can give runs on oneDNN (geeps_net/onednn/)."""
 
 from __future__ import annotations
 
@@ -90,26 +90,25 @@ class PoolingLayer(Layer):
         if self.pad[0] >= kernel[0] or self.pad[1] >= kernel[1]:
             raise self.error(f"pad {self.pad} must be smaller than the kernel {kernel}")
         self.geom = pool_geometry(shape[2:], kernel, self.pad, self.stride, self.ceil_mode)
-        self.bottom_shape = shape
         top_shape = shape[:2] + self.geom.out_size
         for top in tops:
             top.reshape(top_shape)
         if self.method == "MAX":
             self.add_internal("mask", top_shape, mask_dtype(self.geom))
 
-    def _onednn_ave(self, xp, dtype):
-        """oneDNN's average pooling for this geometry, or None. Caffe divides by the window
-        clipped to the padded input: oneDNN's exclude-padding when there is no padding, its
-        include-padding when no window reaches past the padding (else None, as for MAX, float64,
-        CuPy and `engine: CAFFE`)."""
+    def _onednn_ave(self, xp, x):
+        """oneDNN's average pooling for this geometry and `x` (the bottom's data or diff), or
+        None. Caffe divides by the window clipped to the padded input: oneDNN's exclude-padding
+        when there is no padding, its include-padding when no window reaches past the padding
+        (else None, as for MAX, float64, CuPy and `engine: CAFFE`)."""
         p = self.layer_param.pooling_param
-        if self.method != "AVE" or xp is not numpy or dtype != numpy.float32:
+        if self.method != "AVE" or xp is not numpy or x.dtype != numpy.float32:
             return None
         if p.engine == caffe_pb2.PoolingParameter.CAFFE:
             return None
-        g, shape = self.geom, self.bottom_shape
+        g, (num, channels) = self.geom, x.shape[:2]
         spec = onednn.PoolSpec(
-            *(shape[0], shape[1], g.in_size, g.out_size, g.kernel, g.stride, g.pad),
+            *(num, channels, g.in_size, g.out_size, g.kernel, g.stride, g.pad),
             *(any(g.pad), chunk_threads(xp)),
         )
         if any(g.pad) and any(r > q for r, q in zip(spec.pad_right(), g.pad, strict=True)):
@@ -121,7 +120,7 @@ class PoolingLayer(Layer):
     def forward(self, xp, bottoms, tops):
         x, y = bottoms[0].data, tops[0].data
         if self.method == "AVE":
-            pool = self._onednn_ave(xp, x.dtype)
+            pool = self._onednn_ave(xp, x)
             if pool is not None and x.flags.c_contiguous and y.flags.c_contiguous:
                 pool.forward(x, y)
             else:
@@ -140,7 +139,7 @@ class PoolingLayer(Layer):
             return
         dy, dx = tops[0].diff, bottoms[0].diff
         if self.method == "AVE":
-            pool = self._onednn_ave(xp, dy.dtype)
+            pool = self._onednn_ave(xp, dx)
             if pool is not None and dy.flags.c_contiguous and dx.flags.c_contiguous:
                 pool.backward(dy, dx)
             else:

@@ -1,4 +1,5 @@
-"""Convolution through oneDNN (geeps_net/onednn.py) against the im2col path (engine: CAFFE)."""
+"""Convolution and AVE pooling through oneDNN (geeps_net/onednn/) against our own kernels
+(engine: CAFFE)."""
 
 import platform
 import sys
@@ -7,7 +8,7 @@ import numpy
 import pytest
 from numpy.testing import assert_allclose
 
-import geeps_net.layers.conv as conv_module
+import geeps_net.layers.conv_onednn as conv_onednn
 from geeps_net import onednn
 from geeps_net.testing import LayerRig, make_layer
 
@@ -114,7 +115,7 @@ def test_primitives_are_made_for_their_thread_count(lib, monkeypatch):
     x = numpy.random.default_rng(0).standard_normal((64, 1, 28, 28)).astype(numpy.float32)
     dy = numpy.random.default_rng(1).standard_normal((64, 20, 24, 24)).astype(numpy.float32)
     text = conv_text("num_output: 20 kernel_size: 5")
-    monkeypatch.setattr(conv_module, "chunk_threads", lambda xp: 2)  # CI runs BLAS on one
+    monkeypatch.setattr(conv_onednn, "chunk_threads", lambda xp: 2)  # CI runs BLAS on one
 
     def weight_diff():
         rig = LayerRig(numpy, make_layer(text), [x], "float32", seed=2)
@@ -123,9 +124,9 @@ def test_primitives_are_made_for_their_thread_count(lib, monkeypatch):
         assert rig.layer.onednn_conv.spec.threads == 2
         return rig.param_diffs()[0]
 
-    onednn._omp_set_num_threads()(2)
+    onednn.omp_set_num_threads()(2)
     want = weight_diff()
-    onednn._omp_set_num_threads()(1)
+    onednn.omp_set_num_threads()(1)
     numpy.testing.assert_array_equal(weight_diff(), want)
 
 
