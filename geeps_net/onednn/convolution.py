@@ -132,7 +132,7 @@ class Convolution2d(Primitives):
 
     def forward(self, x, w, b, y) -> None:
         """y = conv(x, w) + b (b None without a bias term)."""
-        self._set_threads(self.spec.threads)
+        self._set_threads(self.threads)
         p = self.ports
         args = [
             (capi.ARG_SRC, self._into(p["x"], x)),
@@ -147,7 +147,7 @@ class Convolution2d(Primitives):
     def backward(self, x, w, dy, dx, dw, db) -> None:
         """The gradients of y = conv(x, w) + b for top diff dy: dw and db (None without a bias
         term), overwritten (the caller adds them to the blobs' diffs), and dx when not None."""
-        self._set_threads(self.spec.threads)
+        self._set_threads(self.threads)
         p = self.ports
         dy_inner = self._into(p["bw_dy"], dy)
         args = [
